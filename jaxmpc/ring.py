@@ -1,0 +1,424 @@
+"""Rings, fixed point and exact 64-bit products.
+
+Everything secret in jaxmpc is an element of one of three rings, all stored in unsigned
+integer arrays:
+
+* :class:`Z2k` -- Z_{2^k} (``k = 64`` is the main ring; ``k < 64`` is used by reduced-bit DReLU),
+* :class:`ZOdd` -- Z_{2^k - 1}, the odd ring of SecureNN's ShareConvert/ComputeMSB,
+* :class:`Zp` -- the small prime field Z_67 of PrivateCompare.
+
+Signed fixed point: a real ``x`` is the ring element ``round(x * 2^T) mod 2^64`` (two's
+complement), ``T = frac_bits``. :func:`encode` refuses NaN, infinities and values whose
+magnitude exceeds ``2^62`` after scaling (one bit of headroom so that adding two encoded values
+cannot wrap), instead of wrapping silently.
+
+Exact products mod 2^64 (:func:`ring_dot_general`, :func:`ring_conv`) have two implementations:
+native ``uint64`` XLA ops, and a split of each operand into four 16-bit limbs whose products are
+computed exactly in float64 (each limb product is < 2^32, so sums of up to 2^19 of them per limb
+pair group are exact in the 53-bit mantissa) and recombined with wrapping ``uint64`` shifts. On
+XLA-CPU the ``uint64`` dot has no BLAS kernel (a 1024^3 matmul takes ~4 s against ~0.2 s with
+limbs), while ``uint64`` convolutions with small contractions are fast; ``method="auto"`` picks by
+backend, op and contraction size (see ``benchmarks/protocol_ops.py`` and BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = [
+    "Z2k",
+    "ZOdd",
+    "Zp",
+    "RING64",
+    "Z67",
+    "encode",
+    "decode",
+    "encode_traced",
+    "to_signed",
+    "from_signed",
+    "arith_shift_right",
+    "logical_shift_right",
+    "shift_left",
+    "ring_dot_general",
+    "ring_matmul",
+    "ring_conv",
+    "ENCODE_LIMIT",
+]
+
+U64 = jnp.uint64
+ENCODE_LIMIT = 2**62  # largest |round(x * 2^T)| accepted by encode
+
+
+def _u64(v: int) -> np.uint64:
+    return np.uint64(v % 2**64)
+
+
+def _wire_dtype(bits: int, compact: bool):
+    if not compact or bits > 32:
+        return np.dtype(np.uint64)
+    if bits > 16:
+        return np.dtype(np.uint32)
+    if bits > 8:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Z2k:
+    """The ring Z_{2^k}, elements stored in ``uint64`` (high bits zero when ``k < 64``)."""
+
+    bits: int = 64
+
+    def __post_init__(self):
+        if not 1 <= self.bits <= 64:
+            raise ValueError(f"Z2k bits must lie in [1, 64], got {self.bits}")
+
+    dtype = np.dtype(np.uint64)
+
+    @property
+    def modulus(self) -> int:
+        return 2**self.bits
+
+    @property
+    def mask(self) -> np.uint64:
+        return _u64(2**self.bits - 1)
+
+    def reduce(self, x):
+        return x if self.bits == 64 else x & self.mask
+
+    def add(self, a, b):
+        return self.reduce(a + b)
+
+    def sub(self, a, b):
+        return self.reduce(a - b)
+
+    def neg(self, a):
+        return self.reduce(jnp.zeros_like(a) - a)
+
+    def mul(self, a, b):
+        return self.reduce(a * b)
+
+    def const(self, v: int) -> np.uint64:
+        return _u64(v % self.modulus)
+
+    def random(self, key, shape):
+        return self.reduce(jax.random.bits(key, shape, jnp.uint64))
+
+    def wire_dtype(self, compact: bool = True):
+        return _wire_dtype(self.bits, compact)
+
+    def __str__(self):
+        return f"Z_2^{self.bits}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZOdd:
+    """The ring Z_{2^k - 1} (SecureNN's Z_{L-1}), elements in ``[0, 2^k - 2]`` stored in ``uint64``."""
+
+    bits: int = 64
+
+    def __post_init__(self):
+        if not 2 <= self.bits <= 64:
+            raise ValueError(f"ZOdd bits must lie in [2, 64], got {self.bits}")
+
+    dtype = np.dtype(np.uint64)
+
+    @property
+    def modulus(self) -> int:
+        return 2**self.bits - 1
+
+    def add(self, a, b):
+        m = _u64(self.modulus)
+        if self.bits == 64:
+            s = a + b  # wraps mod 2^64; a wrap means the true sum is s + 2^64 = s + 1 (mod 2^64 - 1)
+            s = s + (s < a).astype(U64)
+        else:
+            s = a + b
+        return jnp.where(s >= m, s - m, s)
+
+    def neg(self, a):
+        m = _u64(self.modulus)
+        return jnp.where(a == 0, a, m - a)
+
+    def sub(self, a, b):
+        return self.add(a, self.neg(b))
+
+    def const(self, v: int) -> np.uint64:
+        return _u64(v % self.modulus)
+
+    def random(self, key, shape):
+        # 2^64 mod (2^k - 1) is tiny compared with 2^64: statistical distance <= 2^k / 2^64 for k < 64;
+        # for k = 64 the single value 2^64 - 1 is folded onto 0 (distance 2^-64).
+        x = jax.random.bits(key, shape, jnp.uint64)
+        return x % _u64(self.modulus) if self.bits < 64 else jnp.where(x == _u64(self.modulus), _u64(0), x)
+
+    def wire_dtype(self, compact: bool = True):
+        return _wire_dtype(self.bits, compact)
+
+    def __str__(self):
+        return f"Z_(2^{self.bits}-1)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Zp:
+    """A small prime field Z_p (PrivateCompare uses p = 67), elements stored in ``uint16``."""
+
+    p: int = 67
+
+    def __post_init__(self):
+        if not (2 < self.p < 256 and all(self.p % d for d in range(2, int(self.p**0.5) + 1))):
+            raise ValueError(f"Zp needs a prime 2 < p < 256, got {self.p}")
+
+    dtype = np.dtype(np.uint16)
+
+    @property
+    def modulus(self) -> int:
+        return self.p
+
+    def _c(self, v):
+        return np.uint16(v)
+
+    def add(self, a, b):
+        return (a + b) % self._c(self.p)
+
+    def sub(self, a, b):
+        return (a + (self._c(self.p) - b)) % self._c(self.p)
+
+    def neg(self, a):
+        return (self._c(self.p) - a) % self._c(self.p)
+
+    def mul(self, a, b):
+        return (a * b) % self._c(self.p)
+
+    def const(self, v: int) -> np.uint16:
+        return np.uint16(v % self.p)
+
+    def _lemire(self, key, shape, n: int):
+        """Uniform on [0, n) from 64 random bits by Lemire's multiply-high (bias <= n / 2^64)."""
+        x = jax.random.bits(key, shape, jnp.uint64)
+        lo, hi = x & U64(0xFFFFFFFF), x >> U64(32)
+        # floor(x * n / 2^64) with x = hi 2^32 + lo, computed without a 128-bit product
+        return ((hi * U64(n) + ((lo * U64(n)) >> U64(32))) >> U64(32)).astype(jnp.uint16)
+
+    def random(self, key, shape):
+        return self._lemire(key, shape, self.p)
+
+    def random_nonzero(self, key, shape):
+        """Uniform on Z_p^* = {1, ..., p-1}."""
+        return self._lemire(key, shape, self.p - 1) + np.uint16(1)
+
+    def wire_dtype(self, compact: bool = True):
+        return np.dtype(np.uint8)
+
+    def __str__(self):
+        return f"Z_{self.p}"
+
+
+RING64 = Z2k(64)
+Z67 = Zp(67)
+
+Ring = Z2k | ZOdd | Zp
+
+
+# ----------------------------------------------------------------------------------------------
+# Signed views and shifts
+
+
+def to_signed(u):
+    """Two's-complement view of a ``uint64`` array as ``int64`` (no arithmetic, same bits)."""
+    return lax.bitcast_convert_type(jnp.asarray(u, U64), jnp.int64)
+
+
+def from_signed(s):
+    """``int64`` -> ``uint64`` with the same bits (i.e. ``s mod 2^64``)."""
+    return lax.bitcast_convert_type(jnp.asarray(s, jnp.int64), U64)
+
+
+def arith_shift_right(u, s: int):
+    """Arithmetic right shift of ring elements read as signed: ``floor(signed(u) / 2^s) mod 2^64``."""
+    if s == 0:
+        return u
+    return from_signed(lax.shift_right_arithmetic(to_signed(u), jnp.int64(s)))
+
+
+def logical_shift_right(u, s: int):
+    """Logical right shift: ``floor(u / 2^s)`` for ``u`` read as unsigned."""
+    if s == 0:
+        return u
+    return lax.shift_right_logical(jnp.asarray(u, U64), U64(s))
+
+
+def shift_left(u, s: int):
+    """``u * 2^s mod 2^64``."""
+    if s == 0:
+        return u
+    return lax.shift_left(jnp.asarray(u, U64), U64(s))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixed point
+
+
+def encode(x, frac_bits: int) -> np.ndarray:
+    """Encodes reals as signed fixed point in Z_2^64, validating first (numpy, never traced).
+
+    Args:
+      x: array-like of real numbers.
+      frac_bits: fractional bits T.
+
+    Returns:
+      ``uint64`` numpy array ``round(x * 2^T) mod 2^64``.
+
+    Raises:
+      TypeError: for complex or non-numeric input.
+      ValueError: for NaN, +-inf, or ``|round(x * 2^T)| > 2^62`` (the message gives the offending
+        value and the representable range).
+    """
+    a = np.asarray(x)
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+        raise TypeError(f"encode expects real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        bad = a[~np.isfinite(a)].ravel()[0]
+        raise ValueError(f"cannot encode non-finite value {bad} in fixed point")
+    scaled = np.rint(a * 2.0**frac_bits)
+    limit = float(ENCODE_LIMIT)
+    if scaled.size and np.max(np.abs(scaled)) > limit:
+        worst = a.ravel()[int(np.argmax(np.abs(scaled).ravel()))]
+        raise ValueError(
+            f"value {worst!r} is outside the representable fixed-point range "
+            f"[-{limit / 2**frac_bits:g}, {limit / 2**frac_bits:g}] at frac_bits={frac_bits}"
+        )
+    return scaled.astype(np.int64).view(np.uint64)
+
+
+def encode_traced(x, frac_bits: int):
+    """Like :func:`encode` but traceable and without validation (validate before jit)."""
+    x = jnp.asarray(x)
+    scaled = jnp.round(x.astype(jnp.float64) * (2.0**frac_bits))
+    return from_signed(scaled.astype(jnp.int64))
+
+
+def decode(u, frac_bits: int):
+    """Signed fixed point -> float64: ``signed(u) / 2^T``. Works on numpy and jax arrays."""
+    if isinstance(u, np.ndarray):
+        return u.astype(np.uint64).view(np.int64).astype(np.float64) / 2.0**frac_bits
+    return to_signed(u).astype(jnp.float64) / (2.0**frac_bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact products mod 2^64
+
+_LIMB_BITS = 16
+_NUM_LIMBS = 4
+_F64_EXACT = 2**53
+
+
+def _limbs(u) -> list:
+    u = jnp.asarray(u, U64)
+    mask = U64(2**_LIMB_BITS - 1)
+    return [((u >> U64(_LIMB_BITS * i)) & mask).astype(jnp.float64) for i in range(_NUM_LIMBS)]
+
+
+def _limb_product(bilinear, a, b, contraction: int):
+    """sum_{i+j<4} bilinear(a_i, b_j) << 16(i+j)  (mod 2^64), exact for contraction < 2^19."""
+    if contraction * (_NUM_LIMBS) * (2**_LIMB_BITS - 1) ** 2 >= _F64_EXACT:
+        raise ValueError(f"contraction size {contraction} too large for exact float64 limb products")
+    al, bl = _limbs(a), _limbs(b)
+    out = None
+    for k in range(_NUM_LIMBS):
+        acc = None
+        for i in range(k + 1):
+            p = bilinear(al[i], bl[k - i])
+            acc = p if acc is None else acc + p
+        term = acc.astype(jnp.uint64) << U64(_LIMB_BITS * k)
+        out = term if out is None else out + term
+    return out
+
+
+def _default_method(kind: str, contraction: int) -> str:
+    backend = jax.default_backend()
+    if contraction * _NUM_LIMBS * (2**_LIMB_BITS - 1) ** 2 >= _F64_EXACT:
+        return "native"
+    if backend != "cpu":
+        return "limbs"  # integer conv/dot are not guaranteed (or fast) on accelerators
+    if kind == "dot":
+        return "native" if contraction <= 8 else "limbs"
+    # XLA-CPU uint64 conv is competitive for small contractions (measured in benchmarks/protocol_ops.py)
+    return "native" if contraction <= 1024 else "limbs"
+
+
+def ring_dot_general(a, b, dimension_numbers, *, method: str = "auto"):
+    """Exact ``lax.dot_general`` over Z_2^64 (``uint64`` in, ``uint64`` out)."""
+    a = jnp.asarray(a, U64)
+    b = jnp.asarray(b, U64)
+    (contract_a, _), _ = dimension_numbers
+    contraction = int(math.prod(a.shape[d] for d in contract_a))
+    if method == "auto":
+        method = _default_method("dot", contraction)
+    if method == "native":
+        return lax.dot_general(a, b, dimension_numbers, preferred_element_type=U64)
+    if method != "limbs":
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native' or 'limbs'")
+    f = lambda x, y: lax.dot_general(x, y, dimension_numbers, precision=lax.Precision.HIGHEST)
+    return _limb_product(f, a, b, contraction)
+
+
+def ring_matmul(a, b, *, method: str = "auto"):
+    """Exact ``a @ b`` over Z_2^64 for 2-D (or batched, contracting the last/first-after-batch) arrays."""
+    a = jnp.asarray(a, U64)
+    b = jnp.asarray(b, U64)
+    if a.ndim < 1 or b.ndim < 1:
+        raise ValueError("ring_matmul needs arrays with at least one dimension")
+    dn = (((a.ndim - 1,), (0,)), ((), ())) if b.ndim <= 2 else None
+    if dn is None:
+        raise ValueError("ring_matmul supports b of rank <= 2; use ring_dot_general for batched products")
+    return ring_dot_general(a, b, dn, method=method)
+
+
+def ring_conv(
+    lhs,
+    rhs,
+    *,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count: int = 1,
+    method: str = "auto",
+):
+    """Exact ``lax.conv_general_dilated`` over Z_2^64 (zero padding)."""
+    lhs = jnp.asarray(lhs, U64)
+    rhs = jnp.asarray(rhs, U64)
+    dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    rhs_spec = dn.rhs_spec  # (out feature, in feature, spatial...)
+    contraction = int(rhs.shape[rhs_spec[1]] * math.prod(rhs.shape[d] for d in rhs_spec[2:]))
+    if method == "auto":
+        method = _default_method("conv", contraction)
+
+    def conv(x, y, **extra):
+        return lax.conv_general_dilated(
+            x,
+            y,
+            window_strides=tuple(window_strides),
+            padding=padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dn,
+            feature_group_count=feature_group_count,
+            **extra,
+        )
+
+    if method == "native":
+        return conv(lhs, rhs, preferred_element_type=U64)
+    if method != "limbs":
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native' or 'limbs'")
+    return _limb_product(lambda x, y: conv(x, y, precision=lax.Precision.HIGHEST), lhs, rhs, contraction)

@@ -1,0 +1,292 @@
+"""The runtime: who computes what, who sends what, and the randomness they share.
+
+Protocols in jaxmpc are ordinary Python functions over :class:`Held` values -- arrays together
+with the set of parties that know them. They touch data only through three runtime calls:
+
+* ``rt.local(parties, fn, *args)`` -- ``parties`` each compute ``fn`` on values they hold. Reading a
+  value the party does not hold raises :class:`SecurityError` (checked in every mode, so the
+  simulator proves the protocol's data flow, not only its arithmetic).
+* ``rt.send(src, dst, value, ring)`` -- a message; it is logged (bytes on the wire, hop) and the
+  receiver learns the value one hop after the sender knew it.
+* ``rt.random(key_set, ring, shape, name)`` -- correlated randomness from the key of ``key_set``
+  (:mod:`jaxmpc.randomness`); only holders of that key can derive it.
+
+The same protocol code runs in two modes:
+
+* **simulation** (``role=None``): all three parties in one traced program; every value is a real
+  array and ``send`` is free. ``jax.jit`` compiles the whole protocol into one XLA program.
+* **party** (``role=CLIENT|SERVER|CP``): one party's process. Values the party does not hold are
+  ``jax.ShapeDtypeStruct`` placeholders (their shapes are public), ``local`` steps of other parties
+  are skipped, and ``send``/receive go through a transport (``jaxmpc.net``).
+
+Because the record of messages is produced from static shapes while tracing, a simulated run
+and a networked run of the same protocol log exactly the same messages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmpc.comm import CommRecord, Message
+from jaxmpc.config import ProtocolConfig
+from jaxmpc.parties import PARTIES, Party
+from jaxmpc.randomness import PartyKeys, fold_op, op_id
+
+__all__ = ["Held", "Runtime", "SecurityError", "Transport"]
+
+
+class SecurityError(PermissionError):
+    """A party's local step tried to read data (a share, a key, a message) it does not hold."""
+
+
+def _party_set(parties) -> tuple[Party, ...]:
+    if isinstance(parties, (Party, int)) and not isinstance(parties, bool):
+        return (Party(parties),)
+    out = tuple(sorted({Party(p) for p in parties}))
+    if not out:
+        raise ValueError("at least one party must compute a local step")
+    return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Held:
+    """A value and the hop at which each party knows it.
+
+    Attributes:
+      value: the array (or, in party mode where this party does not hold it, a
+        ``jax.ShapeDtypeStruct`` placeholder).
+      times: per party (indexed by ``Party``): the hop at which it knows the value, ``-1`` for
+        input-independent values known before the online phase, ``None`` if it never does.
+    """
+
+    value: Any
+    times: tuple
+
+    @property
+    def owners(self) -> frozenset:
+        return frozenset(Party(i) for i, t in enumerate(self.times) if t is not None)
+
+    def time(self, party: Party) -> int:
+        t = self.times[party]
+        if t is None:
+            raise SecurityError(f"{Party(party).name} does not hold this value")
+        return t
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __repr__(self):
+        who = ",".join(f"{Party(i).short}@{t}" for i, t in enumerate(self.times) if t is not None)
+        return f"Held({self.dtype}{list(self.shape)} known to {who})"
+
+
+class Transport:
+    """What a party-mode runtime needs from the network (implemented in ``jaxmpc.net``)."""
+
+    def send(self, dst: Party, value, wire_dtype) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def recv(self, src: Party, shape: tuple, dtype, wire_dtype):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _is_placeholder(v) -> bool:
+    return isinstance(v, jax.ShapeDtypeStruct)
+
+
+class Runtime:
+    """Executes protocol steps for all parties (``role=None``) or for one party.
+
+    A runtime is a trace-time object: create one per protocol run (per trace), never share it
+    between runs. It holds the run's keys, its protocol configuration, the scope stack used for
+    operation ids and reports, and the message log.
+
+    Args:
+      config: protocol parameters.
+      keys: the keys this runtime holds (all six in simulation).
+      role: ``None`` to simulate all three parties, else the one party this process plays.
+      transport: party mode only: moves messages to and from the other parties.
+    """
+
+    def __init__(self, config: ProtocolConfig, keys: PartyKeys, role: Party | None = None,
+                 transport: Transport | None = None):
+        if not isinstance(config, ProtocolConfig):
+            raise TypeError(f"config must be a ProtocolConfig, got {type(config).__name__}")
+        self.config = config
+        self.keys = keys
+        self.role = None if role is None else Party.parse(role)
+        if self.role is not None and transport is None:
+            raise ValueError("a party-mode runtime needs a transport")
+        self.transport = transport
+        self.messages: list[Message] = []
+        self._path: list[str] = []
+        self._kinds: list[str] = []
+        self._counts: dict = {}
+
+    # -- identity -----------------------------------------------------------------------------
+    @property
+    def simulated(self) -> bool:
+        return self.role is None
+
+    def holds(self, party: Party) -> bool:
+        """Whether this runtime computes ``party``'s steps."""
+        return self.role is None or self.role == party
+
+    # -- scopes -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def scope(self, name: str, kind: str | None = None):
+        """Names a protocol (or layer) step: used in operation ids and communication reports.
+
+        Args:
+          name: scope name (``/`` separates nested names).
+          kind: communication kind for messages sent inside (inherited when ``None``).
+        """
+        parts = [p for p in str(name).split("/") if p]
+        self._path.extend(parts)
+        self._kinds.append(kind if kind is not None else (self._kinds[-1] if self._kinds else "other"))
+        try:
+            yield self
+        finally:
+            del self._path[len(self._path) - len(parts):]
+            self._kinds.pop()
+
+    @property
+    def path(self) -> tuple[str, ...]:
+        return tuple(self._path)
+
+    @property
+    def kind(self) -> str:
+        return self._kinds[-1] if self._kinds else "other"
+
+    def _next_id(self, name: str) -> tuple[int, int]:
+        k = (self.path, name)
+        n = self._counts.get(k, 0)
+        self._counts[k] = n + 1
+        return op_id(self.path, name, n)
+
+    # -- values -------------------------------------------------------------------------------
+    def public(self, value) -> Held:
+        """A value known to every party before the protocol starts (a constant)."""
+        return Held(jnp.asarray(value), (-1, -1, -1))
+
+    def input(self, party: Party, value, at: int = 0) -> Held:
+        """A secret input of ``party``, known to it at hop ``at`` (0: the start of the online phase).
+
+        In party mode, other parties pass a ``jax.ShapeDtypeStruct`` (the shape is public).
+        """
+        party = Party(party)
+        times = tuple(at if p == party else None for p in PARTIES)
+        if not self.holds(party):
+            value = value if _is_placeholder(value) else jax.ShapeDtypeStruct(np.shape(value), jnp.asarray(value).dtype)
+        return Held(value, times)
+
+    def private(self, party: Party, value) -> Held:
+        """An input-independent private value of ``party`` (e.g. the server's weights): hop -1."""
+        return self.input(party, value, at=-1)
+
+    def local(self, parties, fn: Callable, *args, **kwargs):
+        """``parties`` each compute ``fn(*args, **kwargs)`` on values they hold.
+
+        ``Held`` arguments must be held by every computing party; other arguments are public
+        constants. Returns a ``Held`` (or a tuple of them, if ``fn`` returns a tuple) known to
+        ``parties`` at the latest time any of them knew an input.
+
+        Raises:
+          SecurityError: if a computing party does not hold a ``Held`` argument.
+        """
+        ps = _party_set(parties)
+        helds = [a for a in list(args) + list(kwargs.values()) if isinstance(a, Held)]
+        for p in ps:
+            for h in helds:
+                if h.times[p] is None:
+                    owners = ",".join(q.name for q in sorted(h.owners))
+                    raise SecurityError(
+                        f"{p.name} cannot read a value held only by {{{owners}}} "
+                        f"(in {'/'.join(self.path) or 'top level'}: {getattr(fn, '__name__', fn)})"
+                    )
+        times = [None, None, None]
+        for p in ps:
+            times[p] = max([h.times[p] for h in helds], default=-1)
+        times = tuple(times)
+
+        def unwrap(a):
+            return a.value if isinstance(a, Held) else a
+
+        vargs = [unwrap(a) for a in args]
+        vkw = {k: unwrap(v) for k, v in kwargs.items()}
+        if any(self.holds(p) for p in ps):
+            out = fn(*vargs, **vkw)
+        else:
+            out = jax.eval_shape(lambda *a: fn(*a, **vkw), *vargs)
+        if isinstance(out, tuple):
+            return tuple(Held(o, times) for o in out)
+        return Held(out, times)
+
+    def send(self, src: Party, dst: Party, value: Held, ring) -> Held:
+        """Sends ``value`` from ``src`` to ``dst``; returns it as known to both.
+
+        The payload is ``value.size`` elements of ``ring.wire_dtype(config.compact_wire)``.
+        """
+        src, dst = Party(src), Party(dst)
+        if src == dst:
+            raise ValueError(f"{src.name} cannot send to itself")
+        if not isinstance(value, Held):
+            raise TypeError("send needs a Held value")
+        t = value.times[src]
+        if t is None:
+            raise SecurityError(f"{src.name} cannot send a value it does not hold (in {'/'.join(self.path)})")
+        wire = np.dtype(ring.wire_dtype(self.config.compact_wire))
+        nbytes = value.size * wire.itemsize
+        online = t >= 0
+        arrives = t + 1 if online else -1
+        self.messages.append(Message(self.path, self.kind, src, dst, nbytes, online, t, arrives))
+        v = value.value
+        if not self.simulated:
+            if self.role == src:
+                self.transport.send(dst, v, wire)
+            elif self.role == dst:
+                v = self.transport.recv(src, tuple(value.shape), value.dtype, wire)
+        times = list(value.times)
+        times[dst] = arrives if times[dst] is None else min(times[dst], arrives)
+        return Held(v, tuple(times))
+
+    def random(self, key_set: frozenset, ring, shape, name: str) -> Held:
+        """A uniformly random ring tensor known to the parties of ``key_set`` (derived, not sent)."""
+        return self.random_with(key_set, lambda k: ring.random(k, tuple(shape)), name)
+
+    def random_with(self, key_set: frozenset, sampler: Callable, name: str) -> Held:
+        """``sampler(key)`` with the key of ``key_set`` folded with a stable operation id."""
+        key_set = frozenset(Party(p) for p in key_set)
+        ident = self._next_id(name)
+        times = tuple(-1 if p in key_set else None for p in PARTIES)
+        if any(self.holds(p) for p in key_set):
+            value = sampler(fold_op(self.keys.get(key_set), ident))
+        else:
+            value = jax.eval_shape(sampler, jax.random.key(0))
+        return Held(value, times)
+
+    # -- results ------------------------------------------------------------------------------
+    def comm(self) -> CommRecord:
+        """The communication record of everything sent so far."""
+        return CommRecord.from_messages(self.messages)
+
+
+def hold_all(rt: Runtime, parties: Iterable[Party], value) -> Held:
+    """A value computed identically by ``parties`` from public data (known at hop -1)."""
+    return rt.local(tuple(parties), lambda v: v, rt.public(value))

@@ -1,0 +1,120 @@
+"""``jaxmpc.simulate``: run a secure function with all three parties in one jit-compiled program."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmpc.comm import CommRecord
+from jaxmpc.config import ProtocolConfig, require_x64
+from jaxmpc.parties import CLIENT
+from jaxmpc.randomness import fresh_key, simulation_keys
+from jaxmpc.ring import decode, encode
+from jaxmpc.runtime import Runtime
+from jaxmpc.sharing import Shared, reveal, share
+
+__all__ = ["simulate", "check_key", "StaticValue"]
+
+
+class StaticValue:
+    """A pytree with no leaves carrying a hashable value through ``jit`` (in its treedef)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(StaticValue, lambda s: ((), s.value), lambda aux, _: StaticValue(aux))
+
+
+def check_key(key, config: ProtocolConfig):
+    """Validates a PRNG key (or makes a fresh one from OS entropy when ``key is None``)."""
+    if key is None:
+        return fresh_key(config.prng)
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
+        return key
+    arr = np.asarray(key) if not isinstance(key, jax.core.Tracer) else key
+    if getattr(arr, "dtype", None) == np.uint32 and tuple(arr.shape) == (2,):
+        return jax.random.wrap_key_data(jnp.asarray(arr))
+    raise TypeError("key must be a jax.random.key(...) (or a legacy uint32[2] PRNGKey)")
+
+
+def _is_shared(v):
+    return isinstance(v, Shared)
+
+
+def _simulate_core(key, encoded, *, fn, config):
+    rt = Runtime(config, simulation_keys(key))
+    xs = [
+        share(rt, rt.input(CLIENT, e), CLIENT, scale=config.frac_bits, name=f"input{i}")
+        for i, e in enumerate(encoded)
+    ]
+    out = fn(*xs)
+
+    def open_leaf(v):
+        if isinstance(v, Shared):
+            if v.rt is not rt:
+                raise ValueError("fn returned a Shared value from another runtime")
+            return decode(reveal(v, CLIENT).value, v.scale)
+        return v
+
+    revealed = jax.tree_util.tree_map(open_leaf, out, is_leaf=_is_shared)
+    return revealed, StaticValue(rt.comm())
+
+
+_simulate_jit = jax.jit(_simulate_core, static_argnames=("fn", "config"))
+
+
+def simulate(fn: Callable, *inputs, config: ProtocolConfig | None = None, key=None, jit: bool = True):
+    """Runs ``fn`` securely on secret-shared ``inputs`` with the three parties simulated.
+
+    Each input (a real array, the client's secret) is encoded in fixed point and shared between
+    client and server; ``fn`` receives :class:`~jaxmpc.sharing.Shared` values and must combine
+    them with :mod:`jaxmpc.ops` (or the protocols in ``jaxmpc.protocols``); the ``Shared``
+    leaves of its result are revealed to the client and decoded.
+
+    Args:
+      fn: function of the shared inputs, returning a ``Shared`` or a pytree of them.
+      *inputs: real arrays (finite, ``|x| * 2^frac_bits <= 2^62``).
+      config: protocol parameters (default ``ProtocolConfig()``).
+      key: ``jax.random`` key for all correlated randomness; ``None`` draws one from OS entropy.
+      jit: compile the whole protocol with ``jax.jit`` (default). Traces once per
+        ``(fn, config, input shapes)``.
+
+    Returns:
+      ``(outputs, comm)``: the revealed outputs (float64) and the :class:`~jaxmpc.comm.CommRecord`
+      of the run, which includes revealing the outputs (kind ``"reveal"``, 8 bytes per element
+      from the server to the client).
+
+    Raises:
+      RuntimeError: if 64-bit mode is off.
+      TypeError / ValueError: for a bad config, key or input (NaN, inf, out of range), before
+        anything is traced.
+    """
+    require_x64()
+    config = ProtocolConfig() if config is None else config
+    if not isinstance(config, ProtocolConfig):
+        raise TypeError(f"config must be a jaxmpc.ProtocolConfig, got {type(config).__name__}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+    if not inputs:
+        raise ValueError("simulate needs at least one input")
+    encoded = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, jax.core.Tracer):
+            raise TypeError(f"input {i} is a tracer: call simulate outside of jax transformations")
+        try:
+            encoded.append(jnp.asarray(encode(x, config.frac_bits)))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"input {i}: {e}") from None
+    key = check_key(key, config)
+    if jit:
+        out, static = _simulate_jit(key, tuple(encoded), fn=fn, config=config)
+    else:
+        out, static = _simulate_core(key, tuple(encoded), fn=fn, config=config)
+    record: CommRecord = static.value
+    return out, record

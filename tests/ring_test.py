@@ -1,0 +1,186 @@
+"""Rings, fixed point, shifts and exact 64-bit products."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jax import lax
+
+from jaxmpc import ring
+from jaxmpc.config import ProtocolConfig, require_x64
+from jaxmpc.ring import ZOdd, Z2k, Zp
+
+from utils import signed, u64
+
+pytestmark = pytest.mark.usefixtures("strict_dtypes")
+
+
+def test_x64_guard_raises_when_off():
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(RuntimeError, match="jax_enable_x64"):
+            require_x64()
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    require_x64()
+
+
+@pytest.mark.parametrize("frac_bits", [0, 12, 16])
+def test_encode_decode_round_trip(frac_bits):
+    x = np.array([0.0, 1.0, -1.0, 0.5, -0.25, 1234.5678, -2.0**-frac_bits, 3.0 * 2.0**-frac_bits])
+    e = ring.encode(x, frac_bits)
+    assert e.dtype == np.uint64
+    np.testing.assert_array_equal(ring.decode(e, frac_bits), np.rint(x * 2.0**frac_bits) / 2.0**frac_bits)
+    # the traced encoder agrees with the validated one
+    np.testing.assert_array_equal(np.asarray(ring.encode_traced(jnp.asarray(x), frac_bits)), e)
+
+
+def test_encode_limits():
+    f = 12
+    lim = 2.0**62 / 2**f
+    e = ring.encode(np.array([lim, -lim]), f)
+    assert list(signed(e)) == [2**62, -(2**62)]
+    with pytest.raises(ValueError, match="outside the representable"):
+        ring.encode(np.array([0.0, lim * 1.0001]), f)
+    with pytest.raises(ValueError, match="non-finite"):
+        ring.encode(np.array([1.0, np.nan]), f)
+    with pytest.raises(ValueError, match="non-finite"):
+        ring.encode(np.array([np.inf]), f)
+    with pytest.raises(TypeError):
+        ring.encode(np.array(["a"]), f)
+    with pytest.raises(TypeError):
+        ring.encode(np.array([1 + 2j]), f)
+
+
+def test_shifts():
+    vals = [0, 1, -1, 5, -5, 2**62, -(2**62), 2**63 - 1, -(2**63)]
+    u = jnp.asarray(u64(vals))
+    for s in (1, 3, 12, 63):
+        np.testing.assert_array_equal(signed(ring.arith_shift_right(u, s)), [v >> s for v in vals])
+        np.testing.assert_array_equal(np.asarray(ring.logical_shift_right(u, s)), [(v % 2**64) >> s for v in vals])
+        np.testing.assert_array_equal(np.asarray(ring.shift_left(u, s)), [(v << s) % 2**64 for v in vals])
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16, 63, 64])
+def test_odd_ring_arithmetic(bits):
+    r = ZOdd(bits)
+    n = r.modulus
+    rng = np.random.default_rng(bits)
+    a = [int(v) for v in rng.integers(0, 2**62, 200)] + [0, 1, n - 1, n - 2, n // 2]
+    b = [int(v) for v in rng.integers(0, 2**62, 200)] + [n - 1, n - 1, n - 1, 1, n // 2 + 1]
+    a = [v % n for v in a]
+    b = [v % n for v in b]
+    A, B = jnp.asarray(u64(a)), jnp.asarray(u64(b))
+    np.testing.assert_array_equal(np.asarray(r.add(A, B)), u64([(x + y) % n for x, y in zip(a, b)]))
+    np.testing.assert_array_equal(np.asarray(r.sub(A, B)), u64([(x - y) % n for x, y in zip(a, b)]))
+    np.testing.assert_array_equal(np.asarray(r.neg(A)), u64([(-x) % n for x in a]))
+    rnd = np.asarray(r.random(jax.random.key(0), (1000,)))
+    assert np.all(rnd.astype(object) < n)
+
+
+@pytest.mark.parametrize("bits", [1, 16, 64])
+def test_z2k(bits):
+    r = Z2k(bits)
+    x = r.random(jax.random.key(1), (1000,))
+    assert np.all(np.asarray(x).astype(object) < 2**bits)
+    a, b = jnp.asarray(u64([2**bits - 1, 5])), jnp.asarray(u64([1, 2**bits - 3]))
+    np.testing.assert_array_equal(np.asarray(r.add(a, b)), u64([0, 2 % 2**bits]))
+
+
+def test_zp_uniform_and_nonzero():
+    z = Zp(67)
+    v = np.asarray(z.random(jax.random.key(0), (67 * 3000,)))
+    counts = np.bincount(v, minlength=67)
+    assert counts.shape == (67,) and v.max() < 67
+    # chi-square, 66 dof: 99.9% quantile ~ 107
+    exp = len(v) / 67
+    assert np.sum((counts - exp) ** 2 / exp) < 107
+    nz = np.asarray(z.random_nonzero(jax.random.key(1), (10000,)))
+    assert nz.min() >= 1 and nz.max() <= 66
+    a, b = jnp.asarray(np.uint16([66, 5, 0])), jnp.asarray(np.uint16([66, 62, 0]))
+    np.testing.assert_array_equal(np.asarray(z.add(a, b)), [65, 0, 0])
+    np.testing.assert_array_equal(np.asarray(z.mul(a, b)), [1, 310 % 67, 0])
+    np.testing.assert_array_equal(np.asarray(z.sub(b, a)), [0, 57, 0])
+
+
+def _ref_dot(a, b):
+    return (a.astype(object) @ b.astype(object)) % 2**64
+
+
+@pytest.mark.parametrize("method", ["native", "limbs"])
+def test_ring_matmul_exact(method):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**64, (7, 33), dtype=np.uint64)
+    b = rng.integers(0, 2**64, (33, 5), dtype=np.uint64)
+    b[0, 0] = 2**64 - 1
+    out = np.asarray(ring.ring_matmul(jnp.asarray(a), jnp.asarray(b), method=method))
+    np.testing.assert_array_equal(out.astype(object), _ref_dot(a, b))
+
+
+def _conv_ref(x, w, stride, padding, dilation, groups):
+    """Exact reference: float-free loops through numpy object arrays via lax on int64 limbs."""
+    # use the native uint64 XLA conv as the oracle after checking it against object arithmetic
+    return np.asarray(
+        lax.conv_general_dilated(
+            jnp.asarray(x), jnp.asarray(w), stride, padding, rhs_dilation=dilation,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups,
+            preferred_element_type=jnp.uint64,
+        )
+    )
+
+
+def test_native_conv_matches_object_arithmetic():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2**64, (1, 4, 4, 2), dtype=np.uint64)
+    w = rng.integers(0, 2**64, (3, 3, 2, 3), dtype=np.uint64)
+    out = _conv_ref(x, w, (1, 1), "VALID", (1, 1), 1)
+    xo, wo = x.astype(object), w.astype(object)
+    ref = np.zeros((1, 2, 2, 3), dtype=object)
+    for i in range(2):
+        for j in range(2):
+            patch = xo[0, i:i + 3, j:j + 3, :]
+            for o in range(3):
+                ref[0, i, j, o] = int(np.sum(patch * wo[:, :, :, o])) % 2**64
+    np.testing.assert_array_equal(out.astype(object), ref)
+
+
+@given(
+    n=st.integers(1, 2), h=st.integers(3, 9), w=st.integers(3, 9), cin_g=st.integers(1, 3), groups=st.integers(1, 3),
+    cout_g=st.integers(1, 3), k=st.integers(1, 3), stride=st.integers(1, 3), dilation=st.integers(1, 2),
+    pad=st.sampled_from(["SAME", "VALID", 1, 0]), seed=st.integers(0, 2**31),
+)
+def test_ring_conv_limbs_equal_native(n, h, w, cin_g, groups, cout_g, k, stride, dilation, pad, seed):
+    if (k - 1) * dilation + 1 > min(h, w) and pad == "VALID":
+        return
+    rng = np.random.default_rng(seed)
+    cin, cout = cin_g * groups, cout_g * groups
+    x = rng.integers(0, 2**64, (n, h, w, cin), dtype=np.uint64)
+    kern = rng.integers(0, 2**64, (k, k, cin_g, cout), dtype=np.uint64)
+    padding = ((pad, pad), (pad, pad)) if isinstance(pad, int) else pad
+    kw = dict(window_strides=(stride, stride), padding=padding, rhs_dilation=(dilation, dilation),
+              feature_group_count=groups)
+    a = ring.ring_conv(x, kern, method="native", **kw)
+    b = ring.ring_conv(x, kern, method="limbs", **kw)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(a), _conv_ref(x, kern, (stride, stride), padding, (dilation, dilation), groups))
+
+
+def test_limb_contraction_limit():
+    with pytest.raises(ValueError, match="too large"):
+        ring.ring_dot_general(jnp.zeros((1, 2**20), jnp.uint64), jnp.zeros((2**20, 1), jnp.uint64),
+                              (((1,), (0,)), ((), ())), method="limbs")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="compare_bits"):
+        ProtocolConfig(compare_bits=65)
+    with pytest.raises(ValueError, match="<= 64"):
+        ProtocolConfig(compare_bits=60, lsb_drop_bits=8)
+    with pytest.raises(TypeError):
+        ProtocolConfig(frac_bits=12.0)
+    with pytest.raises(ValueError, match="linear_protocol"):
+        ProtocolConfig(linear_protocol="magic")
+    assert hash(ProtocolConfig()) == hash(ProtocolConfig())
+    assert ProtocolConfig.reference().linear_protocol == "shared_weights"
