@@ -234,7 +234,8 @@ def avg_pool(x: Shared, window, strides=None, padding="VALID", count_include_pad
     if count_include_pad:
         return _lin.div_ap(s, window[0] * window[1])
     ones = np.ones((1,) + x.shape[1:3] + (1,), np.int64)
-    counts = np.asarray(jnp.sum(_nl.window_views(jnp.asarray(ones), win, st, pad, fill="zero"), axis=0))
+    with jax.ensure_compile_time_eval():  # public counts, computed at trace time
+        counts = np.asarray(jnp.sum(_nl.window_views(jnp.asarray(ones), win, st, pad, fill="zero"), axis=0))
     return _lin.div_ap(s, counts)
 
 

@@ -38,9 +38,9 @@ def shared(rt: Runtime, ring_values, *, ring=RING64, scale: int = 0, name: str =
     return share(rt, rt.input(CLIENT, jnp.asarray(ring_values, jnp.uint64)), CLIENT, ring=ring, scale=scale, name=name)
 
 
-def opened(x: Shared) -> np.ndarray:
+def opened(x: Shared):
     """Reconstructs a sharing in the clear (test-only: reads both shares)."""
-    return np.asarray(x.ring.add(x.c.value, x.s.value))
+    return x.ring.add(x.c.value, x.s.value)
 
 
 def run_jitted(build, *args, config: ProtocolConfig | None = None, key=0):
