@@ -46,7 +46,6 @@ LinearProtocol = Literal["server_weights", "shared_weights"]
 NonlinearProtocol = Literal["jaxmpc", "securenn"]
 MaxPoolSchedule = Literal["tree", "sequential"]
 Permutation = Literal["uniform", "cyclic"]
-Prng = Literal["threefry2x32", "rbg"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +75,6 @@ class ProtocolConfig:
         ``jaxmpc/protocols/compare.py``).
       compact_wire: send elements of a reduced ring Z_2^m in the smallest unsigned integer that
         holds m bits (the reference always sends 8 bytes).
-      prng: JAX PRNG implementation used for correlated randomness.
     """
 
     frac_bits: int = 12
@@ -87,7 +85,6 @@ class ProtocolConfig:
     maxpool_schedule: MaxPoolSchedule = "tree"
     permutation: Permutation = "cyclic"
     compact_wire: bool = True
-    prng: Prng = "threefry2x32"
 
     def __post_init__(self):
         def check_int(name, lo, hi):
@@ -109,7 +106,6 @@ class ProtocolConfig:
             "nonlinear_protocol": ("jaxmpc", "securenn"),
             "maxpool_schedule": ("tree", "sequential"),
             "permutation": ("uniform", "cyclic"),
-            "prng": ("threefry2x32", "rbg"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -50,6 +50,7 @@ __all__ = [
     "ring_matmul",
     "ring_conv",
     "ENCODE_LIMIT",
+    "lemire",
 ]
 
 U64 = jnp.uint64
@@ -108,8 +109,12 @@ class Z2k:
     def const(self, v: int) -> np.uint64:
         return _u64(v % self.modulus)
 
+    def from_words(self, words):
+        """Uniform elements from uniform ``uint64`` words (one word per element)."""
+        return self.reduce(words)
+
     def random(self, key, shape):
-        return self.reduce(jax.random.bits(key, shape, jnp.uint64))
+        return self.from_words(jax.random.bits(key, shape, jnp.uint64))
 
     def wire_dtype(self, compact: bool = True):
         return _wire_dtype(self.bits, compact)
@@ -153,11 +158,13 @@ class ZOdd:
     def const(self, v: int) -> np.uint64:
         return _u64(v % self.modulus)
 
-    def random(self, key, shape):
-        # 2^64 mod (2^k - 1) is tiny compared with 2^64: statistical distance <= 2^k / 2^64 for k < 64;
-        # for k = 64 the single value 2^64 - 1 is folded onto 0 (distance 2^-64).
-        x = jax.random.bits(key, shape, jnp.uint64)
+    def from_words(self, x):
+        """Elements from uniform ``uint64`` words: statistical distance <= 2^k / 2^64 for k < 64;
+        for k = 64 the single value 2^64 - 1 is folded onto 0 (distance 2^-64)."""
         return x % _u64(self.modulus) if self.bits < 64 else jnp.where(x == _u64(self.modulus), _u64(0), x)
+
+    def random(self, key, shape):
+        return self.from_words(jax.random.bits(key, shape, jnp.uint64))
 
     def wire_dtype(self, compact: bool = True):
         return _wire_dtype(self.bits, compact)
@@ -200,25 +207,35 @@ class Zp:
     def const(self, v: int) -> np.uint16:
         return np.uint16(v % self.p)
 
-    def _lemire(self, key, shape, n: int):
-        """Uniform on [0, n) from 64 random bits by Lemire's multiply-high (bias <= n / 2^64)."""
-        x = jax.random.bits(key, shape, jnp.uint64)
-        lo, hi = x & U64(0xFFFFFFFF), x >> U64(32)
-        # floor(x * n / 2^64) with x = hi 2^32 + lo, computed without a 128-bit product
-        return ((hi * U64(n) + ((lo * U64(n)) >> U64(32))) >> U64(32)).astype(jnp.uint16)
+    def from_words(self, words):
+        """Uniform on Z_p from uniform ``uint64`` words (bias <= p / 2^64)."""
+        return lemire(words, self.p).astype(jnp.uint16)
+
+    def nonzero_from_words(self, words):
+        """Uniform on Z_p^* = {1, ..., p-1} from uniform ``uint64`` words."""
+        return lemire(words, self.p - 1).astype(jnp.uint16) + np.uint16(1)
 
     def random(self, key, shape):
-        return self._lemire(key, shape, self.p)
+        return self.from_words(jax.random.bits(key, shape, jnp.uint64))
 
     def random_nonzero(self, key, shape):
-        """Uniform on Z_p^* = {1, ..., p-1}."""
-        return self._lemire(key, shape, self.p - 1) + np.uint16(1)
+        return self.nonzero_from_words(jax.random.bits(key, shape, jnp.uint64))
 
     def wire_dtype(self, compact: bool = True):
         return np.dtype(np.uint8)
 
     def __str__(self):
         return f"Z_{self.p}"
+
+
+def lemire(words, n: int):
+    """``floor(words * n / 2^64)``: uniform on ``[0, n)`` from uniform ``uint64`` words (bias <= n / 2^64).
+
+    Lemire's multiply-high reduction, with the 128-bit product split into 32-bit halves.
+    """
+    x = jnp.asarray(words, U64)
+    lo, hi = x & U64(0xFFFFFFFF), x >> U64(32)
+    return (hi * U64(n) + ((lo * U64(n)) >> U64(32))) >> U64(32)
 
 
 RING64 = Z2k(64)

@@ -37,7 +37,7 @@ import numpy as np
 from jaxmpc.comm import CommRecord, Message
 from jaxmpc.config import ProtocolConfig
 from jaxmpc.parties import PARTIES, Party
-from jaxmpc.randomness import PartyKeys, fold_op, op_id
+from jaxmpc.randomness import PartyKeys, expand_words, op_id, request_keys
 
 __all__ = ["Held", "Runtime", "SecurityError", "Transport"]
 
@@ -96,6 +96,34 @@ class Held:
         return f"Held({self.dtype}{list(self.shape)} known to {who})"
 
 
+@dataclasses.dataclass(frozen=True)
+class RandomPlan:
+    """Every random request of a protocol run, grouped by stage (static, hashable).
+
+    Attributes:
+      stages: ``{stage: ((key_set, op_id, n_words), ...)}`` in request order.
+      index: ``{op_id: stage}``.
+    """
+
+    stages: dict
+    index: dict
+
+    @classmethod
+    def from_requests(cls, requests) -> "RandomPlan":
+        stages: dict = {}
+        index: dict = {}
+        for stage, key_set, ident, n in requests:
+            if ident in index:
+                raise RuntimeError(f"duplicate random operation id {ident} (two tensors with the same name and scope)")
+            stages.setdefault(stage, []).append((key_set, ident, n))
+            index[ident] = stage
+        return cls({k: tuple(v) for k, v in stages.items()}, index)
+
+    @property
+    def total_words(self) -> int:
+        return sum(n for reqs in self.stages.values() for _, _, n in reqs)
+
+
 class Transport:
     """What a party-mode runtime needs from the network (implemented in ``jaxmpc.net``)."""
 
@@ -122,10 +150,14 @@ class Runtime:
       keys: the keys this runtime holds (all six in simulation).
       role: ``None`` to simulate all three parties, else the one party this process plays.
       transport: party mode only: moves messages to and from the other parties.
+      plan: optional :class:`RandomPlan` from :meth:`Runtime.record` (same protocol, same
+        shapes): random words are then drawn per stage in one call. Values are identical with
+        and without a plan; only the compiled program is smaller.
+      stage_depth: scope depth that delimits randomness stages (1: each top-level scope).
     """
 
     def __init__(self, config: ProtocolConfig, keys: PartyKeys, role: Party | None = None,
-                 transport: Transport | None = None):
+                 transport: Transport | None = None, plan: "RandomPlan | None" = None, stage_depth: int = 1):
         if not isinstance(config, ProtocolConfig):
             raise TypeError(f"config must be a ProtocolConfig, got {type(config).__name__}")
         self.config = config
@@ -135,6 +167,10 @@ class Runtime:
             raise ValueError("a party-mode runtime needs a transport")
         self.transport = transport
         self.messages: list[Message] = []
+        self.plan = plan
+        self.stage_depth = stage_depth
+        self._stage_words: dict = {}
+        self._recording: list | None = None
         self._path: list[str] = []
         self._kinds: list[str] = []
         self._counts: dict = {}
@@ -268,18 +304,71 @@ class Runtime:
 
     def random(self, key_set: frozenset, ring, shape, name: str) -> Held:
         """A uniformly random ring tensor known to the parties of ``key_set`` (derived, not sent)."""
-        return self.random_with(key_set, lambda k: ring.random(k, tuple(shape)), name)
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        return self.random_with(key_set, n, lambda w: ring.from_words(w).reshape(shape), name)
 
-    def random_with(self, key_set: frozenset, sampler: Callable, name: str) -> Held:
-        """``sampler(key)`` with the key of ``key_set`` folded with a stable operation id."""
+    def random_bits(self, key_set: frozenset, shape, name: str) -> Held:
+        """Uniformly random ``uint64`` bits (0/1) known to the parties of ``key_set``."""
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        return self.random_with(key_set, n, lambda w: (w & np.uint64(1)).reshape(shape), name)
+
+    def random_with(self, key_set: frozenset, n_words: int, convert: Callable, name: str) -> Held:
+        """``convert(words)`` for ``n_words`` uniform ``uint64`` words from the key of ``key_set``.
+
+        The words are a PRF of the key and a stable operation id (:mod:`jaxmpc.randomness`).
+        """
         key_set = frozenset(Party(p) for p in key_set)
         ident = self._next_id(name)
         times = tuple(-1 if p in key_set else None for p in PARTIES)
+        if self._recording is not None:
+            self._recording.append((self.stage, key_set, ident, int(n_words)))
+            return Held(convert(jnp.zeros((n_words,), jnp.uint64)), times)
         if any(self.holds(p) for p in key_set):
-            value = sampler(fold_op(self.keys.get(key_set), ident))
+            value = convert(self._words(key_set, ident, int(n_words)))
         else:
-            value = jax.eval_shape(sampler, jax.random.key(0))
+            value = jax.eval_shape(convert, jax.ShapeDtypeStruct((n_words,), jnp.uint64))
         return Held(value, times)
+
+    @property
+    def stage(self) -> tuple[str, ...]:
+        """The randomness stage of the current scope: all its random words are drawn at once."""
+        return self.path[: self.stage_depth]
+
+    def _words(self, key_set: frozenset, ident: tuple[int, int], n: int):
+        plan = self.plan
+        if plan is not None and ident in plan.index:
+            stage = plan.index[ident]
+            if stage not in self._stage_words:
+                reqs = [r for r in plan.stages[stage] if self.keys.holds(r[0])]
+                base = jnp.stack([self.keys.get(ks) for ks, _, _ in reqs])
+                keys = request_keys(base, np.array([i for _, i, _ in reqs], np.uint32))
+                words = expand_words(keys, tuple(n_ for _, _, n_ in reqs))
+                offsets, pos = {}, 0
+                for _, i, n_ in reqs:
+                    offsets[i] = (pos, n_)
+                    pos += n_
+                self._stage_words[stage] = (words, offsets)
+            words, offsets = self._stage_words[stage]
+            off, size = offsets[ident]
+            if size != n:
+                raise RuntimeError("random plan does not match the protocol (changed between passes?)")
+            return words[off: off + n]
+        keys = request_keys(self.keys.get(key_set)[None, :], np.array([ident], np.uint32))
+        return expand_words(keys, (n,))
+
+    @classmethod
+    def record(cls, config: ProtocolConfig, body: Callable, *abstract_args, stage_depth: int = 1) -> "RandomPlan":
+        """Traces ``body(rt, *args)`` abstractly (``jax.eval_shape``) and returns its random plan.
+
+        The plan lists every random request by stage so that a second, real trace can draw each
+        stage's words with one vectorised PRF call (see :mod:`jaxmpc.randomness`).
+        """
+        rec = cls(config, PartyKeys({}), stage_depth=stage_depth)
+        rec._recording = []
+        jax.eval_shape(lambda *a: body(rec, *a), *abstract_args)
+        return RandomPlan.from_requests(rec._recording)
 
     # -- results ------------------------------------------------------------------------------
     def comm(self) -> CommRecord:

@@ -11,12 +11,12 @@ import numpy as np
 from jaxmpc.comm import CommRecord
 from jaxmpc.config import ProtocolConfig, require_x64
 from jaxmpc.parties import CLIENT
-from jaxmpc.randomness import fresh_key, simulation_keys
+from jaxmpc.randomness import fresh_key_words, simulation_keys
 from jaxmpc.ring import decode, encode
 from jaxmpc.runtime import Runtime
 from jaxmpc.sharing import Shared, reveal, share
 
-__all__ = ["simulate", "check_key", "StaticValue"]
+__all__ = ["simulate", "check_key", "StaticValue", "run_planned"]
 
 
 class StaticValue:
@@ -32,7 +32,7 @@ jax.tree_util.register_pytree_node(StaticValue, lambda s: ((), s.value), lambda 
 def check_key(key, config: ProtocolConfig):
     """Validates a PRNG key (or makes a fresh one from OS entropy when ``key is None``)."""
     if key is None:
-        return fresh_key(config.prng)
+        return jax.random.wrap_key_data(jnp.asarray(fresh_key_words()))
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
             raise ValueError(f"key must be a single PRNG key, got shape {key.shape}")
@@ -47,10 +47,9 @@ def _is_shared(v):
     return isinstance(v, Shared)
 
 
-def _simulate_core(key, encoded, *, fn, config):
-    rt = Runtime(config, simulation_keys(key))
+def _program(rt, encoded, fn):
     xs = [
-        share(rt, rt.input(CLIENT, e), CLIENT, scale=config.frac_bits, name=f"input{i}")
+        share(rt, rt.input(CLIENT, e), CLIENT, scale=rt.config.frac_bits, name=f"input{i}")
         for i, e in enumerate(encoded)
     ]
     out = fn(*xs)
@@ -62,8 +61,22 @@ def _simulate_core(key, encoded, *, fn, config):
             return decode(reveal(v, CLIENT).value, v.scale)
         return v
 
-    revealed = jax.tree_util.tree_map(open_leaf, out, is_leaf=_is_shared)
-    return revealed, StaticValue(rt.comm())
+    return jax.tree_util.tree_map(open_leaf, out, is_leaf=_is_shared)
+
+
+def run_planned(config: ProtocolConfig, keys, body, *args):
+    """Runs ``body(rt, *args)`` in a simulation runtime with a random plan (two traces, see
+    :meth:`Runtime.record`); returns ``(outputs, comm)``. Call inside ``jax.jit``."""
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), args)
+    plan = Runtime.record(config, body, *abstract)
+    rt = Runtime(config, keys, plan=plan)
+    out = body(rt, *args)
+    return out, rt.comm()
+
+
+def _simulate_core(key, encoded, *, fn, config):
+    out, comm = run_planned(config, simulation_keys(key), lambda rt, e: _program(rt, e, fn), encoded)
+    return out, StaticValue(comm)
 
 
 _simulate_jit = jax.jit(_simulate_core, static_argnames=("fn", "config"))

@@ -51,10 +51,11 @@ def run_jitted(build, *args, config: ProtocolConfig | None = None, key=0):
     cfg = config or ProtocolConfig()
     from jaxmpc.simulate import StaticValue
 
+    from jaxmpc.simulate import run_planned
+
     def f(k, *a):
-        rt = Runtime(cfg, simulation_keys(k))
-        out = build(rt, *a)
-        return out, StaticValue(rt.comm())
+        out, comm = run_planned(cfg, simulation_keys(k), build, *a)
+        return out, StaticValue(comm)
 
     out, st = jax.jit(f)(jax.random.key(key), *args)
     return out, st.value

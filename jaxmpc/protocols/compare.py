@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, owners
-from jaxmpc.ring import RING64, Z67, Z2k, ZOdd
+from jaxmpc.ring import RING64, Z67, Z2k, ZOdd, lemire
 from jaxmpc.runtime import Held, Runtime
 from jaxmpc.sharing import Shared
 
@@ -94,15 +94,16 @@ def _sign_pm(bit):
     return bit.astype(bool)
 
 
-def _sample_permutation(kind: str, shape: tuple, m: int):
-    def sampler(key):
-        if kind == "cyclic":
-            k = jax.random.bits(key, shape, U64) % U64(m)
+def _random_permutation(rt: Runtime, kind: str, shape: tuple, m: int) -> Held:
+    """A fresh permutation of ``m`` positions per element, known to the client and the server."""
+    n = int(np.prod(shape, dtype=np.int64))
+    if kind == "cyclic":
+        def convert(w):
+            k = lemire(w, m).reshape(shape)
             return ((jnp.arange(m, dtype=U64) + k[..., None]) % U64(m)).astype(jnp.int32)
-        keys = jax.random.bits(key, shape + (m,), U64)
-        return jnp.argsort(keys, axis=-1).astype(jnp.int32)
 
-    return sampler
+        return rt.random_with(C_S, n, convert, "perm")
+    return rt.random_with(C_S, n * m, lambda w: jnp.argsort(w.reshape(shape + (m,)), axis=-1).astype(jnp.int32), "perm")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,11 +145,12 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
     shape = tuple(r.shape)
     p = np.uint16(zp.p)
     with rt.scope("private_compare"):
-        s = rt.random_with(C_S, lambda k: zp.random_nonzero(k, shape + (m,)), "s")
+        nm = int(np.prod(shape, dtype=np.int64)) * m
+        s = rt.random_with(C_S, nm, lambda w: zp.nonzero_from_words(w).reshape(shape + (m,)), "s")
         # common randomness for forced vectors; only ShareConvert (r = 0 or r = 2^m - 1) needs it
         may_force = gt_always is not None or r_can_be_max
         u = rt.random(C_S, zp, shape + (m,), "u") if may_force else rt.public(np.uint16(0))
-        perm = rt.random_with(C_S, _sample_permutation(rt.config.permutation, shape, m), "perm")
+        perm = _random_permutation(rt, rt.config.permutation, shape, m)
 
         def c_vector(party_j: int):
             def f(xb, r, beta, s, u, perm, *gt):
@@ -219,7 +221,7 @@ def share_convert(a: Shared) -> Shared:
     L, L1 = a.ring, ZOdd(m)
     shape = a.shape
     with rt.scope("share_convert"):
-        eta2 = rt.random_with(C_S, lambda k: jax.random.bits(k, shape, U64) & U64(1), "eta2")
+        eta2 = rt.random_bits(C_S, shape, "eta2")
         r_c = rt.random(C_S, L, shape, "r_c")
         r_s = rt.random(C_S, L, shape, "r_s")
         r, alpha = rt.local(C_S, lambda rc, rs: (L.add(rc, rs), _wrap(rc, rs, L)), r_c, r_s)
@@ -306,7 +308,7 @@ def msb(y: Shared) -> Shared:
         r_c2 = rt.send(CLIENT, SERVER, r_c, L1)
         r_s2 = rt.send(SERVER, CLIENT, r_s, L1)
         r = rt.local(C_S, L1.add, r_c2, r_s2)
-        beta = rt.random_with(C_S, lambda k: jax.random.bits(k, shape, U64) & U64(1), "beta")
+        beta = rt.random_bits(C_S, shape, "beta")
         beta_p = private_compare(rt, xb_c, xb_s, r, beta, m, r_can_be_max=False)
         if variant == "jaxmpc":
             z = rt.local(CP, lambda bp, x: bp ^ _bit(x), beta_p, x)
