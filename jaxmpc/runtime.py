@@ -167,6 +167,8 @@ class Runtime:
             raise ValueError("a party-mode runtime needs a transport")
         self.transport = transport
         self.messages: list[Message] = []
+        self.notes: list[tuple] = []
+        self.annotations: list[tuple] = []
         self.plan = plan
         self.stage_depth = stage_depth
         self._stage_words: dict = {}
@@ -186,21 +188,35 @@ class Runtime:
 
     # -- scopes -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def scope(self, name: str, kind: str | None = None):
+    def scope(self, name: str, kind: str | None = None, *, absolute: bool = False):
         """Names a protocol (or layer) step: used in operation ids and communication reports.
 
         Args:
           name: scope name (``/`` separates nested names).
           kind: communication kind for messages sent inside (inherited when ``None``).
+          absolute: replace the current path instead of extending it (e.g. to finish a layer's
+            deferred work under the layer's own name).
         """
         parts = [p for p in str(name).split("/") if p]
-        self._path.extend(parts)
+        saved = list(self._path)
+        if absolute:
+            self._path[:] = parts
+        else:
+            self._path.extend(parts)
         self._kinds.append(kind if kind is not None else (self._kinds[-1] if self._kinds else "other"))
         try:
             yield self
         finally:
-            del self._path[len(self._path) - len(parts):]
+            self._path[:] = saved
             self._kinds.pop()
+
+    def annotate(self, label: str, what: str) -> None:
+        """Records which operation a layer (scope label) ran, for reports."""
+        self.annotations.append((label, what, 0))
+
+    def note(self, what: str, count: int) -> None:
+        """Records a protocol statistic (e.g. ``"drelu"``, number of comparisons) in the current scope."""
+        self.notes.append((self.path, what, int(count)))
 
     @property
     def path(self) -> tuple[str, ...]:

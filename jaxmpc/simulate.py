@@ -64,14 +64,15 @@ def _program(rt, encoded, fn):
     return jax.tree_util.tree_map(open_leaf, out, is_leaf=_is_shared)
 
 
-def run_planned(config: ProtocolConfig, keys, body, *args):
+def run_planned(config: ProtocolConfig, keys, body, *args, return_runtime: bool = False):
     """Runs ``body(rt, *args)`` in a simulation runtime with a random plan (two traces, see
-    :meth:`Runtime.record`); returns ``(outputs, comm)``. Call inside ``jax.jit``."""
+    :meth:`Runtime.record`); returns ``(outputs, comm)`` (or ``(outputs, runtime)``). Call
+    inside ``jax.jit``."""
     abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a), jnp.result_type(a)), args)
     plan = Runtime.record(config, body, *abstract)
     rt = Runtime(config, keys, plan=plan)
     out = body(rt, *args)
-    return out, rt.comm()
+    return out, (rt if return_runtime else rt.comm())
 
 
 def _simulate_core(key, encoded, *, fn, config):

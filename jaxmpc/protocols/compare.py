@@ -352,6 +352,7 @@ def drelu_ring(u: Shared) -> Shared:
     m = u.ring.bits
     ring = u.ring
     with rt.scope("drelu", kind="drelu"):
+        rt.note("drelu", u.size)
         off = ring.const(2 ** (m - 1))
         v = u.replace(c=rt.local(CLIENT, lambda a: ring.add(a, off), u.c), scale=0)
         return msb(share_convert(v))

@@ -55,6 +55,7 @@ def mul_bit(x: Shared, b: Shared, expand=None) -> Shared:
         raise ValueError("mul_bit: the bit must have scale 0")
     expand = expand or (lambda v: v)
     with rt.scope("mult", kind="mult"):
+        rt.note("mult", x.size)
         if isinstance(b, DealerBit) and rt.config.nonlinear_protocol == "jaxmpc":
             a_c = rt.random(C_CP, RING64, x.shape, "a")
             a_s = rt.random(S_CP, RING64, x.shape, "a")
