@@ -169,6 +169,7 @@ class Runtime:
         self.messages: list[Message] = []
         self.notes: list[tuple] = []
         self.annotations: list[tuple] = []
+        self.transcript: list | None = None  # set to [] to keep (ring, value) of every message (tests)
         self.plan = plan
         self.stage_depth = stage_depth
         self._stage_words: dict = {}
@@ -309,6 +310,8 @@ class Runtime:
         arrives = t + 1 if online else -1
         self.messages.append(Message(self.path, self.kind, src, dst, nbytes, online, t, arrives))
         v = value.value
+        if self.transcript is not None:
+            self.transcript.append((ring, v))
         if not self.simulated:
             if self.role == src:
                 self.transport.send(dst, v, wire)

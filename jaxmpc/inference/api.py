@@ -56,9 +56,28 @@ def _load_spec_arg(model, variables, spec, input_shape):
     return jnn.apply_spec(variables, spec)
 
 
+_TRACES: dict = {}  # structural key -> TracedModel (the model is traced once per structure)
+
+
+def _structure_key(model, treedef, leaf_structs, kinds, public, x_shape, dtype, method, kwargs):
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((treedef, [(s.shape, str(s.dtype)) for s in leaf_structs], tuple(x_shape), str(dtype), kinds,
+                   method, sorted(kwargs.items()))).encode())
+    for p in public:
+        h.update(np.ascontiguousarray(p).tobytes())
+    try:
+        model_key = hash(model)
+    except TypeError:
+        model_key = id(model)
+    return (model_key, h.hexdigest())
+
+
 def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
                 public_collections=PUBLIC_COLLECTIONS, **kwargs) -> TracedModel:
-    """Traces ``model.apply(variables, x, **kwargs)`` (or a plain function ``model(variables, x)``)."""
+    """Traces ``model.apply(variables, x, **kwargs)`` (or a plain function ``model(variables, x)``).
+
+    Cached per model, variable structure, public values, input shape and arguments.
+    """
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     kinds, public, server_paths = [], [], []
     for path, leaf in flat:
@@ -68,6 +87,10 @@ def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
         else:
             kinds.append("server")
             server_paths.append(path)
+    leaf_structs = [jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype) for _, leaf in flat]
+    skey = _structure_key(model, treedef, leaf_structs, tuple(kinds), public, x_shape, dtype, method, kwargs)
+    if skey in _TRACES and _TRACES[skey][0] == model:
+        return _TRACES[skey][1]
 
     if hasattr(model, "apply"):
         fn = lambda v, x: model.apply(v, x, method=method, **kwargs) if method else model.apply(v, x, **kwargs)
@@ -81,17 +104,18 @@ def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
     def flat_fn(leaves, x):
         return fn(jax.tree_util.tree_unflatten(treedef, leaves), x)
 
-    leaf_structs = [jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype) for _, leaf in flat]
     x_aval = jax.ShapeDtypeStruct(tuple(x_shape), dtype)
-    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(leaf_structs, x_aval)
+    try:
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(leaf_structs, x_aval)
+    except Exception as e:  # noqa: BLE001 - any failure of the float model on this input shape
+        raise ValueError(f"the model cannot run on an input of shape {tuple(x_shape)}: {type(e).__name__}: {e}") from e
     out_leaves, out_tree = jax.tree_util.tree_flatten(out_shape)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((treedef, [(s.shape, str(s.dtype)) for s in leaf_structs], x_aval.shape, str(dtype), kinds)).encode())
-    h.update(str(closed).encode())
-    for p in public:
-        h.update(np.ascontiguousarray(p).tobytes())
-    return TracedModel(closed, out_tree, tuple(out_leaves), tuple(server_paths), tuple(public), tuple(kinds), x_aval,
-                       top, h.hexdigest())
+    traced = TracedModel(closed, out_tree, tuple(out_leaves), tuple(server_paths), tuple(public), tuple(kinds), x_aval,
+                         top, skey[1])
+    if len(_TRACES) > 32:
+        _TRACES.pop(next(iter(_TRACES)))
+    _TRACES[skey] = (model, traced)
+    return traced
 
 
 def _check_inputs(x, variables_leaves, config: ProtocolConfig):
