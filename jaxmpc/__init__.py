@@ -1,16 +1,45 @@
 """jaxmpc: secure 3-party CNN inference in JAX with knapsack-optimised Block ReLUs.
 
-The public API is re-exported here; modules whose names start with an underscore are internal.
+Gorski & Avidan, "Securing Neural Networks with Knapsack Optimization", arXiv 2304.10442.
+
+Public API (everything else is internal):
+
+* :func:`simulate`, :mod:`ops`, :class:`ProtocolConfig`, :class:`CommRecord` -- secure
+  computation with the three parties simulated in one jit-compiled program;
+* :func:`secure_apply`, :func:`fixed_point_apply`, :func:`secure_cost` -- whole Flax networks;
+* :mod:`nn` -- the paper's models with Block ReLU, block specs;
+* :mod:`knapsack` -- the patch-size planner; :mod:`distortion` -- distortion profiling;
+* :mod:`data`, :mod:`train` -- datasets, training and finetuning;
+* :mod:`protocols`, :mod:`costs`, :mod:`reference` -- the protocols, their cost table and
+  their plaintext fixed-point reference.
+
+64-bit mode must be on (``jax.config.update("jax_enable_x64", True)``); importing jaxmpc
+never changes JAX's configuration.
 """
 
 from jaxmpc import blocks as blocks
-from jaxmpc.config import ProtocolConfig as ProtocolConfig
-from jaxmpc.config import require_x64 as require_x64
-
-__version__ = "0.1.0"
+from jaxmpc import costs as costs
 from jaxmpc import ops as ops
 from jaxmpc import protocols as protocols
+from jaxmpc import reference as reference
 from jaxmpc.comm import CommRecord as CommRecord
+from jaxmpc.config import ProtocolConfig as ProtocolConfig
+from jaxmpc.config import require_x64 as require_x64
 from jaxmpc.parties import Party as Party
 from jaxmpc.sharing import Shared as Shared
 from jaxmpc.simulate import simulate as simulate
+from jaxmpc.inference import fixed_point_apply as fixed_point_apply
+from jaxmpc.inference import secure_apply as secure_apply
+from jaxmpc.inference import secure_cost as secure_cost
+from jaxmpc.inference import SecureReport as SecureReport
+from jaxmpc import nn as nn
+from jaxmpc import knapsack as knapsack
+from jaxmpc import data as data
+from jaxmpc import train as train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CommRecord", "Party", "ProtocolConfig", "SecureReport", "Shared", "blocks", "costs", "data", "fixed_point_apply",
+    "knapsack", "nn", "ops", "protocols", "reference", "require_x64", "secure_apply", "secure_cost", "simulate", "train",
+]

@@ -33,11 +33,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmpc.comm import CommRecord, Message
 from jaxmpc.config import ProtocolConfig
 from jaxmpc.parties import PARTIES, Party
-from jaxmpc.randomness import PartyKeys, expand_words, op_id, request_keys
+from jaxmpc.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
 
 __all__ = ["Held", "Runtime", "SecurityError", "Transport"]
 
@@ -360,22 +361,33 @@ class Runtime:
         if plan is not None and ident in plan.index:
             stage = plan.index[ident]
             if stage not in self._stage_words:
-                reqs = [r for r in plan.stages[stage] if self.keys.holds(r[0])]
-                base = jnp.stack([self.keys.get(ks) for ks, _, _ in reqs])
-                keys = request_keys(base, np.array([i for _, i, _ in reqs], np.uint32))
-                words = expand_words(keys, tuple(n_ for _, _, n_ in reqs))
-                offsets, pos = {}, 0
-                for _, i, n_ in reqs:
-                    offsets[i] = (pos, n_)
-                    pos += n_
-                self._stage_words[stage] = (words, offsets)
-            words, offsets = self._stage_words[stage]
-            off, size = offsets[ident]
-            if size != n:
+                self._stage_words[stage] = self._draw_stage(stage, plan.stages[stage])
+            parts = self._stage_words[stage]
+            if ident not in parts or parts[ident].shape[0] != n:
                 raise RuntimeError("random plan does not match the protocol (changed between passes?)")
-            return words[off: off + n]
+            return parts[ident]
         keys = request_keys(self.keys.get(key_set)[None, :], np.array([ident], np.uint32))
-        return expand_words(keys, (n,))
+        return lax.optimization_barrier(stream_words(keys, (n,)))
+
+    def _draw_stage(self, stage: tuple, requests) -> dict:
+        """All words of a stage this runtime may derive: one counter-mode stream per key set."""
+        stage_id = op_id(stage, "#stage", 0)
+        out = {}
+        for ks in KEY_SETS:
+            reqs = [(ident, n) for r_ks, ident, n in requests if r_ks == ks]
+            if not reqs or not self.keys.holds(ks):
+                continue
+            key = request_keys(self.keys.get(ks)[None, :], np.array([stage_id], np.uint32))
+            words = stream_words(key, (sum(n for _, n in reqs),))
+            parts, off = [], 0
+            for _, n in reqs:
+                parts.append(words[off: off + n])
+                off += n
+            # one buffer per request, materialised once (otherwise XLA fuses the PRF into every
+            # consumer and recomputes it); one scalar-keyed stream per key set vectorises best
+            parts = lax.optimization_barrier(tuple(parts))
+            out.update({ident: part for (ident, _), part in zip(reqs, parts)})
+        return out
 
     @classmethod
     def record(cls, config: ProtocolConfig, body: Callable, *abstract_args, stage_depth: int = 1) -> "RandomPlan":

@@ -116,7 +116,8 @@ class SecureReport:
         return self.comm.rounds
 
     def by_kind(self) -> dict:
-        """Bytes by kind: ``linear`` (conv/dense), ``drelu``, ``mult`` (ReLU/Block-ReLU products), ``reveal``."""
+        """Bytes by kind: ``linear`` (conv/dense), ``weights`` (the server's masked weights, sent once per
+        session), ``drelu``, ``mult`` (ReLU/Block-ReLU products), ``reveal``."""
         return {k: r.total_bytes for k, r in self.comm.by_kind().items()}
 
     def totals(self) -> dict:

@@ -193,7 +193,8 @@ def bilinear_av(x: Shared, w: Held, op, *, scale: int, name: str = "linear") -> 
     the CP deals ``C = op(A, B)`` for a fresh client-CP mask ``A`` (``C_s`` derived, ``C_c`` sent,
     offline). Online the client sends only ``E = x_c - A``; then ``y_c = op(A, F) + C_c`` and
     ``y_s = op(E + x_s, w) + C_s`` (sum: ``op(A, w) + op(x - A, w) = op(x, w)``).
-    Cost: C->S ``8|x|`` online, S->C ``8|w|`` offline (once), CP->C ``8|y|`` offline; 1 round.
+    Cost: C->S ``8|x|`` online, S->C ``8|w|`` offline (kind ``"weights"``: once per session, reused
+    by every later inference), CP->C ``8|y|`` offline; 1 round.
 
     ``"shared_weights"``: the reference implementation's protocol -- the server re-shares ``w``
     (client share from the client-server key) and :func:`bilinear_aa` runs; C->S and S->C
@@ -220,7 +221,8 @@ def bilinear_av(x: Shared, w: Held, op, *, scale: int, name: str = "linear") -> 
         c_c = rt.local(CP, lambda a, b, cs: op(a, b) - cs, a, b, c_s)
         c_c = rt.send(CP, CLIENT, c_c, ring)
         f = rt.local(SERVER, ring.sub, w, b)
-        f = rt.send(SERVER, CLIENT, f, ring)
+        with rt.scope("mask_weights", kind="weights"):  # once per session, reusable across inferences
+            f = rt.send(SERVER, CLIENT, f, ring)
         e = rt.local(CLIENT, ring.sub, x.c, a)
         e = rt.send(CLIENT, SERVER, e, ring)
         y_c = rt.local(CLIENT, lambda a, f, cc: op(a, f) + cc, a, f, c_c)

@@ -1,0 +1,582 @@
+"""The paper's pipeline as resumable steps over one work folder (used by the ``jaxmpc`` CLI).
+
+Steps (Gorski & Avidan, arXiv 2304.10442, §3-4), each reading and writing documented files:
+
+=============  =====================================================  =====================================
+step           reads                                                  writes
+=============  =====================================================  =====================================
+``train``      ``pipeline.json``                                      ``train/`` (orbax checkpoints)
+``profile``    ``train/``                                             ``profile/run/``, ``profile/distortion.npz``,
+                                                                      ``profile/distortion.png``
+``plan``       ``profile/distortion.npz``                             ``plans/<tag>.json`` (block specs) and
+                                                                      ``plans/<tag>.summary.json``
+``finetune``   ``train/``, ``plans/<tag>.json``                       ``finetune/<tag>/`` (checkpoints)
+``infer``      ``finetune/<tag>/`` (or ``train/``)                    ``infer/<tag>/report.json``,
+                                                                      ``infer/<tag>/result.json``
+``report``     everything above                                       ``report/summary.json``, ``summary.md``,
+                                                                      ``accuracy_vs_budget.png``,
+                                                                      ``communication.png``
+=============  =====================================================  =====================================
+
+A plan tag is ``<method>_<budget>`` (``knapsack_10pct``, ``uniform_10pct``, ``random_10pct``, or
+``..._<N>drelus``). Every step is idempotent: rerunning it resumes (training and profiling
+continue from their last checkpoint) or reuses finished results. All JSON files are written
+atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["PipelineConfig", "Workdir", "train_step", "profile_step", "plan_step", "finetune_step", "infer_step",
+           "report_step", "run_demo", "PipelineError"]
+
+
+class PipelineError(RuntimeError):
+    """A pipeline step cannot run (missing or malformed input file, inconsistent configuration)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline runs. Saved as ``pipeline.json`` in the work folder.
+
+    Attributes:
+      train_config: preset of :func:`jaxmpc.train.get_config` for the all-ReLU model.
+      finetune_config: preset for finetuning with a spec.
+      budgets: DReLU budgets, each a ratio of the all-ReLU count (< 1) or an absolute count.
+      profile_samples: training images used to measure distortions (paper: training split).
+      infer_images: held-out test images run through secure inference.
+      baselines: also plan, finetune and evaluate the uniform and random baselines.
+      distill: finetune with knowledge distillation from the all-ReLU model.
+      overrides: ``{field: value}`` applied to both training configs (e.g. ``num_epochs``).
+      finetune_overrides: applied to the finetuning config only.
+      compare_bits, lsb_drop_bits, frac_bits: protocol parameters of secure inference.
+      seed: seed of the random baseline and of the secure-inference key derivation for demos
+        (deployment draws keys from OS entropy).
+    """
+
+    train_config: str = "digits"
+    finetune_config: str = "digits_finetune"
+    budgets: tuple = (0.05, 0.1, 0.2)
+    profile_samples: int = 128
+    infer_images: int = 128
+    baselines: bool = True
+    distill: bool = True
+    overrides: dict = dataclasses.field(default_factory=dict)
+    finetune_overrides: dict = dataclasses.field(default_factory=dict)
+    compare_bits: int = 64
+    lsb_drop_bits: int = 0
+    frac_bits: int = 12
+    seed: int = 0
+
+    def __post_init__(self):
+        from jaxmpc import train
+
+        for name in (self.train_config, self.finetune_config):
+            if name not in train.CONFIGS:
+                raise PipelineError(f"unknown training preset {name!r}; expected one of {sorted(train.CONFIGS)}")
+        if not self.budgets:
+            raise PipelineError("budgets must not be empty")
+        for b in self.budgets:
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b) or b <= 0:
+                raise PipelineError(f"a budget must be a positive ratio (< 1) or DReLU count, got {b!r}")
+        for name in ("profile_samples", "infer_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise PipelineError(f"{name} must be a positive int, got {v!r}")
+        self.protocol()  # validates the protocol fields
+
+    def protocol(self):
+        from jaxmpc.config import ProtocolConfig
+
+        try:
+            return ProtocolConfig(frac_bits=self.frac_bits, compare_bits=self.compare_bits,
+                                  lsb_drop_bits=self.lsb_drop_bits)
+        except (TypeError, ValueError) as e:
+            raise PipelineError(f"bad protocol settings: {e}") from e
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["budgets"] = list(self.budgets)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "PipelineConfig":
+        if not isinstance(d, dict):
+            raise PipelineError("pipeline.json must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise PipelineError(f"pipeline.json: unknown fields {sorted(unknown)}")
+        d = dict(d)
+        if "budgets" in d:
+            d["budgets"] = tuple(d["budgets"])
+        return cls(**d)
+
+
+def budget_tag(budget) -> str:
+    if budget < 1:
+        return f"{budget * 100:g}pct"
+    return f"{int(budget)}drelus"
+
+
+def write_json(path, obj) -> None:
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path, what: str):
+    if not os.path.exists(path):
+        raise PipelineError(f"missing {what}: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise PipelineError(f"malformed {what} {path}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Workdir:
+    """Paths of a pipeline work folder."""
+
+    root: str
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.root, *parts)
+
+    @property
+    def train(self):
+        return self.path("train")
+
+    def plan(self, tag):
+        return self.path("plans", f"{tag}.json")
+
+    def finetune(self, tag):
+        return self.path("finetune", tag)
+
+    def infer(self, tag):
+        return self.path("infer", tag)
+
+    def config(self) -> PipelineConfig:
+        return PipelineConfig.from_json(read_json(self.path("pipeline.json"), "pipeline config"))
+
+    def save_config(self, cfg: PipelineConfig) -> None:
+        p = self.path("pipeline.json")
+        if os.path.exists(p):
+            old = read_json(p, "pipeline config")
+            if old != json.loads(json.dumps(cfg.to_json(), default=_json_default)):
+                raise PipelineError(f"{p} holds a different configuration; use another work folder or delete it")
+        write_json(p, cfg.to_json())
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def _train_cfg(cfg: PipelineConfig, finetune: bool = False, progress: bool = True):
+    from jaxmpc import train
+
+    base = train.get_config(cfg.finetune_config if finetune else cfg.train_config)
+    over = dict(cfg.overrides)
+    if finetune:
+        over.update(cfg.finetune_overrides)
+    try:
+        return base.replace(progress=progress, **over)
+    except TypeError as e:
+        raise PipelineError(f"bad training override: {e}") from e
+
+
+def _dataset(cfg: PipelineConfig):
+    from jaxmpc import data
+
+    tc = _train_cfg(cfg)
+    return data.load_dataset(tc.dataset, **tc.dataset_kwargs)
+
+
+def _load(path: str, what: str):
+    from jaxmpc import train
+
+    try:
+        return train.load_variables(path)
+    except FileNotFoundError as e:
+        raise PipelineError(f"missing {what}: {e} (run the previous step first)") from e
+
+
+def _model(cfg: PipelineConfig, dataset):
+    from jaxmpc import train
+
+    return train.build_model(_train_cfg(cfg), dataset.info)
+
+
+def train_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True) -> dict:
+    """Trains the all-ReLU model (resumes from ``train/``). Returns its test metrics."""
+    from jaxmpc import train
+
+    ds = _dataset(cfg)
+    res = train.train_and_evaluate(_train_cfg(cfg, progress=progress), wd.train, dataset=ds)
+    out = {"test": res.final.get("test", {}), "epochs": len(res.history)}
+    write_json(wd.path("train", "result.json"), out)
+    return out
+
+
+def profile_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True):
+    """Measures the distortion table on ``profile_samples`` training images (resumable)."""
+    from jaxmpc import distortion
+
+    out = wd.path("profile", "distortion.npz")
+    if os.path.exists(out):
+        return distortion.DistortionTable.load(out)
+    ds = _dataset(cfg)
+    variables, _ = _load(wd.train, "trained model (train/)")
+    model = _model(cfg, ds)
+    n = min(cfg.profile_samples, len(ds.train))
+    images = ds.train.get(np.arange(n))["image"]
+    table = distortion.profile_distortion(model, variables, images, out_dir=wd.path("profile", "run"),
+                                          progress=progress)
+    table.save(out)
+    try:
+        distortion.plot_distortion(table, wd.path("profile", "distortion.png"))
+    except Exception as e:  # noqa: BLE001 - a plot must never lose the table
+        print(f"note: distortion plot failed: {e}")
+    return table
+
+
+def _all_relu_count(model, variables, shape) -> int:
+    from jaxmpc import nn as jnn
+
+    return jnn.count_drelus(model, jnn.apply_spec(variables, {}), shape).total
+
+
+def plan_step(wd: Workdir, cfg: PipelineConfig, budget, method: str = "knapsack") -> dict:
+    """Plans a block spec at ``budget`` with ``method`` in {knapsack, uniform, random}."""
+    from jaxmpc import blocks, distortion, knapsack
+    from jaxmpc import nn as jnn
+
+    tag = f"{method}_{budget_tag(budget)}"
+    spec_path = wd.plan(tag)
+    summary_path = wd.path("plans", f"{tag}.summary.json")
+    if os.path.exists(spec_path) and os.path.exists(summary_path):
+        return read_json(summary_path, "plan summary")
+    table_path = wd.path("profile", "distortion.npz")
+    if not os.path.exists(table_path):
+        raise PipelineError(f"missing distortion table {table_path} (run `jaxmpc profile` first)")
+    table = distortion.DistortionTable.load(table_path)
+    layers = table.planner_layers()
+    total = sum(lay.channels * lay.height * lay.width for lay in layers)
+    drelus = int(budget * total) if budget < 1 else int(budget)
+    if method == "knapsack":
+        plan = knapsack.plan_block_sizes(layers, budget=drelus)
+        spec = plan.spec
+    elif method == "random":
+        rng = np.random.default_rng(cfg.seed)
+        rand = [dataclasses.replace(lay, distortion=rng.uniform(0, 1, lay.distortion.shape)) for lay in layers]
+        spec = knapsack.plan_block_sizes(rand, budget=drelus).spec
+    elif method == "uniform":
+        spec = uniform_spec(layers, drelus)
+    else:
+        raise PipelineError(f"unknown planning method {method!r}; expected knapsack, uniform or random")
+    used = sum(blocks.drelu_count(lay.height, lay.width, spec[lay.name]) for lay in layers)
+    dist = 0.0
+    for lay in layers:
+        idx = [int(np.flatnonzero((lay.candidates == s).all(axis=1))[0]) if ((lay.candidates == s).all(axis=1)).any()
+               else -1 for s in spec[lay.name]]
+        dist += float(sum(lay.distortion[c, i] for c, i in enumerate(idx) if i >= 0))
+    os.makedirs(os.path.dirname(spec_path), exist_ok=True)
+    jnn.save_spec(spec_path, spec, method=method, budget=float(budget), drelus=used, all_relu=total)
+    summary = {"tag": tag, "method": method, "budget": float(budget), "budget_drelus": drelus, "drelus": used,
+               "all_relu_drelus": total, "ratio": used / total, "total_distortion": dist}
+    write_json(summary_path, summary)
+    return summary
+
+
+def uniform_spec(layers, budget: int) -> dict:
+    """The same patch size for every channel (the paper's simple baseline): the ``bh x bw``
+    (clipped to each map) whose total DReLU count is the largest that fits the budget, the most
+    square one among equals."""
+    from jaxmpc import blocks
+
+    side = max(max(lay.height, lay.width) for lay in layers)
+    best = None
+    for bh in range(1, side + 1):
+        for bw in range(1, side + 1):
+            used = sum(lay.channels * len(range(0, lay.height, min(bh, lay.height)))
+                       * len(range(0, lay.width, min(bw, lay.width))) for lay in layers)
+            if used <= budget:
+                key = (used, -abs(bh - bw))
+                if best is None or key > best[0]:
+                    best = (key, bh, bw)
+    if best is None:
+        raise PipelineError(f"no uniform patch size fits {budget} DReLUs (one DReLU per channel needs "
+                            f"{sum(lay.channels for lay in layers)})")
+    _, bh, bw = best
+    spec = {lay.name: np.tile(np.array([[min(bh, lay.height), min(bw, lay.width)]], np.int32), (lay.channels, 1))
+            for lay in layers}
+    assert sum(blocks.drelu_count(lay.height, lay.width, spec[lay.name]) for lay in layers) <= budget
+    return spec
+
+
+def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool = True) -> dict:
+    """Finetunes the trained model with the Block ReLUs of ``plans/<tag>.json``."""
+    from jaxmpc import nn as jnn
+    from jaxmpc import train
+
+    ds = _dataset(cfg)
+    base, _ = _load(wd.train, "trained model (train/)")
+    spec_file = wd.plan(tag)
+    if not os.path.exists(spec_file):
+        raise PipelineError(f"missing block spec {spec_file} (run `jaxmpc plan` first)")
+    model = _model(cfg, ds)
+    spec = jnn.load_spec(spec_file, model=model, variables=base)
+    spec = getattr(spec, "layers", spec)
+    before = train.evaluate(model, jnn.apply_spec(base, spec), ds.test, ds.info)
+    res = train.finetune(_train_cfg(cfg, finetune=True, progress=progress), base, spec, wd.finetune(tag),
+                         dataset=ds, distill=cfg.distill)
+    out = {"tag": tag, "test": res.final.get("test", {}), "before_finetune": before}
+    write_json(os.path.join(wd.finetune(tag), "result.json"), out)
+    return out
+
+
+def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int | None = None,
+               progress: bool = True, batch_size: int = 64) -> dict:
+    """Secure inference on held-out test images: accuracy, agreement with plaintext, costs."""
+    import jax
+
+    from jaxmpc import nn as jnn
+    from jaxmpc.inference import secure_apply, secure_cost
+
+    ds = _dataset(cfg)
+    src = wd.train if tag is None else wd.finetune(tag)
+    variables, _ = _load(src, f"model ({os.path.relpath(src, wd.root)})")
+    model = _model(cfg, ds)
+    n = min(images or cfg.infer_images, len(ds.test))
+    batch = ds.test.get(np.arange(n))
+    x, y = batch["image"], np.asarray(batch["label"])
+    config = cfg.protocol()
+    plain = np.asarray(jax.jit(lambda v, a: model.apply(v, a))(variables, x))
+    preds, reports, t0 = [], [], time.perf_counter()
+    from tqdm.auto import tqdm
+
+    key = jax.random.key(cfg.seed)
+    for i, start in enumerate(tqdm(range(0, n, batch_size), desc=f"secure inference ({tag or 'all-ReLU'})",
+                                   disable=not progress, unit="batch")):
+        xb = x[start: start + batch_size]
+        if len(xb) < batch_size and n > batch_size:  # keep one compiled shape: pad the last batch
+            pad = np.concatenate([xb, np.zeros((batch_size - len(xb),) + xb.shape[1:], xb.dtype)])
+            out, rep = secure_apply(model, variables, pad, config=config, key=jax.random.fold_in(key, i))
+            out = np.asarray(out)[: len(xb)]
+        else:
+            out, rep = secure_apply(model, variables, xb, config=config, key=jax.random.fold_in(key, i))
+            out = np.asarray(out)
+        preds.append(out)
+        reports.append(rep)
+    seconds = time.perf_counter() - t0
+    secure = np.concatenate(preds)
+    rep0 = reports[0]
+    per_image = secure_cost(model, variables, (1,) + x.shape[1:], config=config)
+    rep0.to_json(os.path.join(wd.infer(tag or "all_relu"), "report.json"))
+    result = {
+        "tag": tag or "all_relu",
+        "images": n,
+        "secure_accuracy": float(np.mean(np.argmax(secure, -1) == y)),
+        "plaintext_accuracy": float(np.mean(np.argmax(plain, -1) == y)),
+        "same_predictions": int(np.sum(np.argmax(secure, -1) == np.argmax(plain, -1))),
+        "max_abs_logit_error": float(np.max(np.abs(secure - plain))),
+        "seconds": seconds,
+        "seconds_per_image": seconds / n,
+        "per_image": {"drelus": per_image.drelus, "bytes": per_image.total_bytes,
+                      "online_bytes": per_image.online_bytes, "rounds": per_image.rounds,
+                      "by_kind": per_image.by_kind()},
+        "drelus_all_relu": _all_relu_count(model, variables, x.shape[1:]),
+    }
+    write_json(os.path.join(wd.infer(tag or "all_relu"), "result.json"), result)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def report_step(wd: Workdir, *, plots: bool = True) -> dict:
+    """Collects every step's results into ``report/summary.{json,md}`` and plots."""
+    cfg = wd.config()
+    summary: dict[str, Any] = {"config": cfg.to_json(), "rows": []}
+    train_res = read_json(wd.path("train", "result.json"), "training result (run `jaxmpc train`)")
+    base_acc = train_res["test"].get("accuracy")
+    all_relu = _maybe(wd.path("infer", "all_relu", "result.json"))
+    summary["all_relu"] = {"plaintext_accuracy": base_acc, "secure": all_relu}
+    for budget in cfg.budgets:
+        for method in (["knapsack", "uniform", "random"] if cfg.baselines else ["knapsack"]):
+            tag = f"{method}_{budget_tag(budget)}"
+            plan = _maybe(wd.path("plans", f"{tag}.summary.json"))
+            ft = _maybe(os.path.join(wd.finetune(tag), "result.json"))
+            inf = _maybe(os.path.join(wd.infer(tag), "result.json"))
+            if plan is None:
+                continue
+            summary["rows"].append({"tag": tag, "method": method, "budget": budget, "plan": plan,
+                                    "finetune": ft, "infer": inf})
+    write_json(wd.path("report", "summary.json"), summary)
+    text = summary_table(summary)
+    with open(wd.path("report", "summary.md"), "w") as f:
+        f.write(text + "\n")
+    if plots:
+        _plots(wd, summary)
+    return summary
+
+
+def _maybe(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _fmt_acc(v):
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def summary_table(summary: dict) -> str:
+    """The demo's one table: accuracies, DReLUs, bytes and rounds per image, time."""
+    hdr = ("| model | DReLUs/image | plaintext acc % | before finetune % | secure acc % | secure = plaintext | "
+           "MB/image (online) | rounds | s/image |")
+    lines = [hdr, "|" + "---|" * 9]
+    ar = summary["all_relu"]
+    sec = ar.get("secure")
+    if sec:
+        pi = sec["per_image"]
+        lines.append(f"| all-ReLU | {pi['drelus']:,} | {_fmt_acc(ar['plaintext_accuracy'])} | - | "
+                     f"{_fmt_acc(sec['secure_accuracy'])} | {sec['same_predictions']}/{sec['images']} | "
+                     f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
+                     f"{sec['seconds_per_image']:.3f} |")
+    else:
+        lines.append(f"| all-ReLU | - | {_fmt_acc(ar['plaintext_accuracy'])} | - | - | - | - | - | - |")
+    for row in summary["rows"]:
+        ft, inf, plan = row["finetune"] or {}, row["infer"], row["plan"]
+        acc = ft.get("test", {}).get("accuracy")
+        before = (ft.get("before_finetune") or {}).get("accuracy")
+        if inf:
+            pi = inf["per_image"]
+            cells = (f"{_fmt_acc(inf['secure_accuracy'])} | {inf['same_predictions']}/{inf['images']} | "
+                     f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
+                     f"{inf['seconds_per_image']:.3f}")
+        else:
+            cells = "- | - | - | - | -"
+        lines.append(f"| {row['method']} @ {row['budget']:g} ({100 * plan['ratio']:.1f}%) | {plan['drelus']:,} | "
+                     f"{_fmt_acc(acc)} | {_fmt_acc(before)} | {cells} |")
+    return "\n".join(lines)
+
+
+def _plots(wd: Workdir, summary: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summary["rows"] if r["finetune"]]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, marker in (("knapsack", "o"), ("uniform", "s"), ("random", "^")):
+            pts = sorted((r["plan"]["ratio"] * 100, 100 * r["finetune"]["test"]["accuracy"]) for r in rows
+                         if r["method"] == method)
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, label=method)
+        base = summary["all_relu"]["plaintext_accuracy"]
+        if base is not None:
+            ax.axhline(100 * base, color="k", ls="--", lw=1, label="all-ReLU")
+        ax.set_xlabel("DReLU budget (% of all-ReLU)")
+        ax.set_ylabel("test accuracy after finetuning (%)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(wd.path("report", "accuracy_vs_budget.png"), dpi=120)
+        plt.close(fig)
+    reports = []
+    for tag in ["all_relu"] + [r["tag"] for r in summary["rows"] if r["method"] == "knapsack"]:
+        p = os.path.join(wd.infer(tag), "report.json")
+        if os.path.exists(p):
+            with open(p) as f:
+                reports.append((tag, json.load(f)))
+    if reports:
+        fig, axes = plt.subplots(len(reports), 1, figsize=(10, 3.2 * len(reports)), squeeze=False)
+        kinds = ["linear", "weights", "drelu", "mult", "reveal"]
+        for ax, (tag, rep) in zip(axes[:, 0], reports):
+            layers = [lay for lay in rep["layers"] if lay["total_bytes"] > 0]
+            names = [lay["layer"] for lay in layers]
+            bottom = np.zeros(len(layers))
+            for k in kinds:
+                vals = np.array([lay["by_kind"].get(k, 0) for lay in layers], float) / 1e3
+                if vals.any():
+                    ax.bar(range(len(layers)), vals, bottom=bottom, label=k)
+                    bottom += vals
+            ax.set_xticks(range(len(layers)))
+            ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+            ax.set_ylabel("kB per batch")
+            tot = rep["totals"]
+            ax.set_title(f"{tag}: {tot['total_bytes'] / 1e6:.2f} MB per batch of {tot['batch']}, "
+                         f"{tot['rounds']} rounds")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(wd.path("report", "communication.png"), dpi=120)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# everything
+
+
+def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool = True, log=print) -> dict:
+    """train -> profile -> plan -> finetune -> secure inference -> report, on ``cfg`` (resumable)."""
+    cfg = cfg or PipelineConfig()
+    wd = Workdir(os.fspath(workdir))
+    os.makedirs(wd.root, exist_ok=True)
+    wd.save_config(cfg)
+    t0 = time.perf_counter()
+    log(f"[1/6] train ({cfg.train_config})")
+    train_step(wd, cfg, progress=progress)
+    log("[2/6] profile distortions")
+    profile_step(wd, cfg, progress=progress)
+    methods = ["knapsack", "uniform", "random"] if cfg.baselines else ["knapsack"]
+    log(f"[3/6] plan ({', '.join(methods)}) at budgets {list(cfg.budgets)}")
+    tags = []
+    for b in cfg.budgets:
+        for m in methods:
+            s = plan_step(wd, cfg, b, m)
+            tags.append(s["tag"])
+    log(f"[4/6] finetune {len(tags)} specs")
+    for tag in tags:
+        if not os.path.exists(os.path.join(wd.finetune(tag), "result.json")):
+            finetune_step(wd, cfg, tag, progress=progress)
+    log("[5/6] secure inference (all-ReLU and knapsack specs)")
+    if not os.path.exists(os.path.join(wd.infer("all_relu"), "result.json")):
+        infer_step(wd, cfg, None, progress=progress)
+    for tag in tags:
+        if tag.startswith("knapsack") and not os.path.exists(os.path.join(wd.infer(tag), "result.json")):
+            infer_step(wd, cfg, tag, progress=progress)
+    log("[6/6] report")
+    summary = report_step(wd)
+    summary["seconds"] = time.perf_counter() - t0
+    log(summary_table(summary))
+    log(f"\nwrote {wd.path('report')}/summary.md, accuracy_vs_budget.png, communication.png "
+        f"({summary['seconds']:.0f} s)")
+    return summary
+
