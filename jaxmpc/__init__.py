@@ -34,12 +34,14 @@ from jaxmpc.inference import secure_cost as secure_cost
 from jaxmpc.inference import SecureReport as SecureReport
 from jaxmpc import nn as nn
 from jaxmpc import knapsack as knapsack
+from jaxmpc import distortion as distortion
 from jaxmpc import data as data
 from jaxmpc import train as train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CommRecord", "Party", "ProtocolConfig", "SecureReport", "Shared", "blocks", "costs", "data", "fixed_point_apply",
+    "CommRecord", "Party", "ProtocolConfig", "SecureReport", "Shared", "blocks", "costs", "data", "distortion",
+    "fixed_point_apply",
     "knapsack", "nn", "ops", "protocols", "reference", "require_x64", "secure_apply", "secure_cost", "simulate", "train",
 ]
