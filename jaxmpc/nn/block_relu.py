@@ -58,7 +58,7 @@ def _patch_sums(x: jax.Array, sizes: jax.Array) -> jax.Array:
     prow = jnp.arange(h, dtype=idx)[:, None] // bh[None, :]  # [H, C]
     pcol = jnp.arange(w, dtype=idx)[:, None] // bw[None, :]  # [W, C]
     batch = jnp.arange(xb.shape[0], dtype=idx)[:, None, None, None]
-    seg = ((batch * h + prow[None, :, None, :]) * w + pcol[None, None, :, :]) * c + jnp.arange(c, dtype=idx)
+    seg = ((batch * h + prow[None, :, None, :]) * w + pcol[None, None, :, :]) * c + jnp.arange(c, dtype=idx)[None, None, None, :]
     sums = jax.ops.segment_sum(xb.reshape(-1), seg.reshape(-1), num_segments=n)
     return sums[seg].reshape(x.shape)
 
@@ -70,11 +70,14 @@ def _mask(x: jax.Array, sizes: jax.Array) -> jax.Array:
     identity = (bh == 0) & (bw == 1)
     # Any other pair (only reachable with invalid traced sizes) zeroes the channel.
 
+    lead = (1,) * (x.ndim - 1)  # explicit broadcasting: no implicit rank promotion
+    patch_b, identity_b = patch.reshape(lead + (-1,)), identity.reshape(lead + (-1,))
+
     def pixelwise(x):  # every patch is 1x1: the statistic is the pixel itself
-        return jnp.where(patch, x >= 0, identity)
+        return jnp.where(patch_b, x >= 0, identity_b)
 
     def general(x):
-        return jnp.where(patch, _patch_sums(x, sizes) >= 0, identity)
+        return jnp.where(patch_b, _patch_sums(x, sizes) >= 0, identity_b)
 
     # A scalar predicate runs one branch; under vmap over sizes it becomes a select (both run).
     only_pixels = jnp.all(~patch | ((bh == 1) & (bw == 1)))
