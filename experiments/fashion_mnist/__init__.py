@@ -1,0 +1,1 @@
+"""Configuration of one experiment (see ``config.py``)."""
