@@ -85,7 +85,8 @@ def test_open_agrees_keys_and_pipelines_messages_with_exact_counts(pki):
         for a, b in ((CLIENT, SERVER), (CLIENT, CP), (SERVER, CP)):
             ka, kb = sessions[a].pair_secrets[b], sessions[b].pair_secrets[a]
             assert ka == kb and len(ka) == 8
-        keys = {sessions[CLIENT].pair_secrets[SERVER], sessions[CLIENT].pair_secrets[CP], sessions[SERVER].pair_secrets[CP]}
+        keys = {sessions[CLIENT].pair_secrets[SERVER], sessions[CLIENT].pair_secrets[CP],
+                sessions[SERVER].pair_secrets[CP]}
         assert len(keys) == 3
         # pipelined: 300 messages each way queued before anyone reads (no acks, no deadlock)
         rng = np.random.default_rng(0)
@@ -107,7 +108,8 @@ def test_open_agrees_keys_and_pipelines_messages_with_exact_counts(pki):
             threading.Thread(target=s.ready).start()
         time.sleep(0.3)
         done = []
-        threads = [threading.Thread(target=lambda s=s: (s.finish(), done.append(s.warnings))) for s in sessions.values()]
+        threads = [threading.Thread(target=lambda s=s: (s.finish(), done.append(s.warnings)))
+                   for s in sessions.values()]
         for t in threads:
             t.start()
         for t in threads:
@@ -139,7 +141,7 @@ def test_refused_peers_stop_everyone_fast_with_a_clear_error(pki, other_pki, cas
     elif case == "version":
         assert "this party speaks 2" in msgs[CP] and "version 2" in msgs[CLIENT] + msgs[SERVER], msgs
     else:
-        assert "certificate" in msgs[CLIENT] and "certificate" in msgs[SERVER], msgs
+        assert "certificate" in msgs[CP] and "certificate" in msgs[CLIENT] + msgs[SERVER], msgs
     for m in msgs.values():
         assert re.search(pattern, m) or "stopped with an error" in m or "aborted" in m, msgs
 
@@ -159,10 +161,11 @@ def test_a_dead_peer_is_detected_at_once_not_at_the_timeout(pki):
         for link in list(sessions[SERVER]._out.values()) + list(sessions[SERVER]._in.values()):
             link.sock.close()
         t0 = time.monotonic()
-        with pytest.raises(ConnectionLost, match="server closed its connection without finishing the protocol"):
-            sessions[CLIENT].recv(SERVER)
-        with pytest.raises((ConnectionLost, PeerAborted), match="server"):
-            sessions[CP].recv(CLIENT)  # the CP hears it from the server's link or from the client
+        # each survivor sees the server's link close, or hears it first from the other survivor
+        for p, src in ((CLIENT, SERVER), (CP, CLIENT)):
+            with pytest.raises((ConnectionLost, PeerAborted),
+                               match="server closed its connection without finishing the protocol"):
+                sessions[p].recv(src)
         assert time.monotonic() - t0 < 5.0
     finally:
         close_all(sessions)

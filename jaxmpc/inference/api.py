@@ -72,11 +72,17 @@ def _structure_key(model, treedef, leaf_structs, kinds, public, x_shape, dtype, 
     return (model_key, h.hexdigest())
 
 
+def _leaf_dtype(leaf):
+    return leaf.dtype if isinstance(leaf, jax.ShapeDtypeStruct) else jnp.asarray(leaf).dtype
+
+
 def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
                 public_collections=PUBLIC_COLLECTIONS, **kwargs) -> TracedModel:
     """Traces ``model.apply(variables, x, **kwargs)`` (or a plain function ``model(variables, x)``).
 
-    Cached per model, variable structure, public values, input shape and arguments.
+    Cached per model, variable structure, public values, input shape and arguments. The server's
+    leaves may be ``jax.ShapeDtypeStruct`` placeholders (what a networked client or CP knows);
+    the public leaves (``public_collections``, the block spec) must be concrete.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
     kinds, public, server_paths = [], [], []
@@ -87,7 +93,8 @@ def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
         else:
             kinds.append("server")
             server_paths.append(path)
-    leaf_structs = [jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype) for _, leaf in flat]
+    # leaves may be placeholders (``jax.ShapeDtypeStruct``): a client or CP knows the shapes only
+    leaf_structs = [jax.ShapeDtypeStruct(np.shape(leaf), _leaf_dtype(leaf)) for _, leaf in flat]
     skey = _structure_key(model, treedef, leaf_structs, tuple(kinds), public, x_shape, dtype, method, kwargs)
     if skey in _TRACES and _TRACES[skey][0] == model:
         return _TRACES[skey][1]
@@ -158,7 +165,10 @@ def _program(backend, traced: TracedModel, x_enc, server_leaves, config: Protoco
             y = jnp.asarray(v.value)
         else:
             raise ValueError("the model returns a value computed from the weights alone; jaxmpc would have to reveal it")
-        results.append(jnp.asarray(y).astype(aval.dtype))
+        if isinstance(y, jax.ShapeDtypeStruct):  # party mode, not the client: the output is not ours
+            results.append(jax.ShapeDtypeStruct(tuple(aval.shape), aval.dtype))
+        else:
+            results.append(jnp.asarray(y).astype(aval.dtype))
     return results, it
 
 
@@ -267,7 +277,7 @@ def secure_cost(model, variables, x_shape, *, spec=None, config: ProtocolConfig 
     public = kwargs.pop("public_collections", PUBLIC_COLLECTIONS)
     traced = trace_model(model, variables, tuple(x_shape), public_collections=public, **kwargs)
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    server_structs = [jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype) for p, leaf in flat
+    server_structs = [jax.ShapeDtypeStruct(np.shape(leaf), _leaf_dtype(leaf)) for p, leaf in flat
                       if _collection_of(p) not in public]
     secure_core = _cores(traced, config)[2]
     _, static = jax.eval_shape(secure_core, jax.random.key(0), jax.ShapeDtypeStruct(tuple(x_shape), jnp.uint64),

@@ -167,7 +167,8 @@ class SecureBackend:
         return Sec(nonlinear.block_relu(a.data, sizes), a.scale)
 
     def reveal(self, a: Sec):
-        return decode(reveal(a.data, CLIENT).value, a.scale)
+        # a placeholder (jax.ShapeDtypeStruct) in party mode when this party is not the client
+        return self.rt.local(CLIENT, lambda v: decode(v, a.scale), reveal(a.data, CLIENT)).value
 
 
 class FixedPointBackend:

@@ -1,0 +1,823 @@
+"""TLS links between the three parties: set-up, handshake, pipelined messages, counters, faults.
+
+Topology. Every party listens on one port and opens one connection to each peer, so there is
+one TCP+TLS connection per *ordered* pair (6 in all): the connection a party opens is the one it
+sends on, the ones it accepts are the ones it receives on. Each connection is used by exactly
+one thread after set-up (a writer at one end, a reader at the other), which is what OpenSSL
+needs to be thread-safe, and no message is ever acknowledged: sends go to a per-link queue
+drained by the writer thread, receives come from a per-link queue filled by the reader thread,
+so a send never waits for the peer and no protocol can deadlock on the network.
+
+Authentication. TLS 1.3 with mutual authentication (``CERT_REQUIRED`` both ways) against the
+configured CA. A connecting party checks that the peer's certificate names the peer's role
+(hostname verification of ``<role>.jaxmpc``, :mod:`jaxmpc.net.pki`); an accepting party reads
+the connecting party's role from its certificate and refuses unknown or duplicate roles.
+
+Handshake, on every connection, right after TLS: both ends send a ``HELLO`` frame (JSON: wire
+version, role, the model fingerprint, software versions, and role-specific fields such as the
+client's number of batches) and check the other's: another wire version, a role that
+contradicts the certificate, or another model fingerprint (architecture, spec, protocol
+config, batch shape, see :func:`jaxmpc.net.party.model_fingerprint`) stops both ends with an
+error naming both sides' values. Then the lower-numbered party of each pair sends a fresh
+pairwise key (``KEY`` frame, 8 bytes from OS entropy) over the authenticated channel.
+
+Faults. Every wait has a deadline (connect and handshake: ``connect_timeout``; peers'
+compilation: ``compile_timeout``; each message: ``timeout``). The first error on any link aborts
+the whole session (:meth:`Session.fail`): receive calls raise it, an ``ERROR`` frame with the
+reason goes to each peer still reachable, and every socket is shut down, so the peers fail fast
+too ("a party died" shows up as a connection closed without ``BYE``). A stream that ends inside a
+frame, a frame of the wrong length for the protocol's next message, and out-of-order frames are
+all errors.
+
+Accounting. Per peer and direction: protocol payload bytes and messages (``DATA`` frames: what
+:class:`jaxmpc.comm.CommRecord` counts), frame bytes (payload as sent + 20-byte headers) and
+control bytes (handshake, keys, ``READY``/``BYE``). TLS record overhead (about 22 bytes per
+16 KiB record) and TCP/IP headers are not counted.
+
+Simulated network (what-if measurements, off by default): a bandwidth per direction paces each
+writer (a frame leaves when the link would have finished transmitting it) and a latency delays
+each received message before the protocol may use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import secrets
+import socket
+import ssl
+import threading
+import time
+
+import numpy as np
+
+from jaxmpc.net import wire
+from jaxmpc.net.pki import ROLE_NAMES, role_hostname, role_of_certificate
+from jaxmpc.net.wire import FrameType
+from jaxmpc.parties import PARTIES, Party
+
+__all__ = ["Session", "NetError", "HandshakeError", "PeerAborted", "ConnectionLost", "NetTimeout", "ProtocolError",
+           "LinkCounters", "tls_contexts", "certificate_role"]
+
+KEY_BYTES = 8  # a Threefry-2x32 key (jaxmpc.randomness)
+
+
+class NetError(RuntimeError):
+    """A networked run failed (base class); the message says which peer and why."""
+
+
+class HandshakeError(NetError):
+    """A peer was reached but refused, or was refused: certificate, wire version, role or model."""
+
+
+class PeerAborted(NetError):
+    """A peer stopped with an error and told us why."""
+
+
+class ConnectionLost(NetError):
+    """A connection broke: the peer died, closed without finishing, or a frame was cut short."""
+
+
+class NetTimeout(NetError, TimeoutError):
+    """A peer did not connect, compile or send within its deadline."""
+
+
+class ProtocolError(NetError):
+    """The parties disagree on the protocol (a message of the wrong size, an unexpected frame)."""
+
+
+def _name(p: Party) -> str:
+    return ROLE_NAMES[p]
+
+
+@dataclasses.dataclass
+class LinkCounters:
+    """What went over one direction of one link (see the module docstring)."""
+
+    payload_bytes: int = 0
+    messages: int = 0
+    frame_bytes: int = 0
+    control_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def certificate_role(path: str) -> Party | None:
+    """The role named by a PEM certificate file (``None`` if it names none or several)."""
+    from cryptography import x509
+
+    with open(path, "rb") as f:
+        cert = x509.load_pem_x509_certificate(f.read())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        dns = []
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)]
+    return role_of_certificate({"subjectAltName": [("DNS", d) for d in dns], "subject": [[("commonName", c)]
+                                                                                           for c in cns]})
+
+
+def tls_contexts(ca: str, cert: str, key: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """``(accepting, connecting)`` TLS 1.3 contexts with mutual certificate authentication.
+
+    Raises:
+      NetError: a file cannot be loaded.
+    """
+    try:
+        acc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        acc.minimum_version = ssl.TLSVersion.TLSv1_3
+        acc.verify_mode = ssl.CERT_REQUIRED
+        acc.load_verify_locations(ca)
+        acc.load_cert_chain(cert, key)
+        con = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
+        con.minimum_version = ssl.TLSVersion.TLSv1_3
+        con.load_verify_locations(ca)
+        con.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise NetError(f"cannot load the TLS files (ca {ca}, cert {cert}, key {key}): {e}") from None
+    return acc, con
+
+
+_ABORT, _READY, _BYE = object(), object(), object()
+_STOP = object()
+
+
+def _describe_tls_error(e: Exception, peer: str, addr: str) -> str:
+    if isinstance(e, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError)) or isinstance(e, ssl.SSLZeroReturnError):
+        return f"{peer} at {addr} dropped the connection during set-up ({e}); it has probably stopped with an error"
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"the certificate presented by {peer} at {addr} was rejected: {e.verify_message or e}"
+    text = str(e)
+    if "alert" in text or "certificate" in text.lower():
+        return f"{peer} at {addr} rejected this party's certificate ({text})"
+    return f"TLS handshake with {peer} at {addr} failed: {text}"
+
+
+class _Link:
+    """One direction of one connection, as seen from this party."""
+
+    def __init__(self, peer: Party, sock: ssl.SSLSocket, seq: int):
+        self.peer = peer
+        self.sock = sock
+        self.seq = seq  # next sequence number (sent or expected)
+        self.counters = LinkCounters()
+        self.queue: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.bye = threading.Event()
+        self.free_at = 0.0  # simulated bandwidth: when the link finishes its last frame
+
+    def close(self):
+        _shutdown(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _shutdown(sock):
+    """Shuts a socket down at the OS level (wakes any thread blocked on it)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class Session:
+    """One party's links to the two others, for one run.
+
+    Args:
+      role: this party.
+      addresses: ``{party: (host, port)}`` where each party accepts connections.
+      listen: ``(host, port)`` this party binds (default: its own address).
+      ca, cert, key: PEM files (the CA, this party's certificate naming its role, its key).
+      connect_timeout: seconds to connect to, and be connected by, both peers and finish the
+        handshakes.
+      timeout: seconds to wait for any one message (and for a blocked send).
+      compile_timeout: seconds to wait for the peers' ``READY``.
+      compression: zlib-compress payloads.
+      bandwidth: simulated bytes per second per direction (0: unlimited).
+      latency: simulated seconds added to every received message.
+      version: wire version spoken (tests only: a peer of another version).
+      log: ``callable(str)`` for progress messages (default: silent).
+    """
+
+    def __init__(self, role, addresses: dict, *, ca: str, cert: str, key: str, listen: tuple | None = None,
+                 connect_timeout: float = 60.0, timeout: float = 120.0, compile_timeout: float = 900.0,
+                 compression: bool = False, bandwidth: float = 0.0, latency: float = 0.0,
+                 version: int = wire.WIRE_VERSION, log=None):
+        self.role = Party.parse(role)
+        self.addresses = {Party.parse(p): tuple(a) for p, a in addresses.items()}
+        self.peers = tuple(p for p in PARTIES if p != self.role)
+        for p in PARTIES:
+            if p not in self.addresses:
+                raise ValueError(f"no address for {_name(p)}")
+        self.listen = tuple(listen) if listen else self.addresses[self.role]
+        own = certificate_role(cert)
+        if own != self.role:
+            got = _name(own) if own is not None else "no role"
+            raise HandshakeError(f"certificate {cert} is for {got}, but this party is the {_name(self.role)}")
+        self.acc_ctx, self.con_ctx = tls_contexts(ca, cert, key)
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self.compile_timeout = float(compile_timeout)
+        self.compression = bool(compression)
+        self.bandwidth = float(bandwidth)
+        self.latency = float(latency)
+        self.version = version
+        self.log = log or (lambda msg: None)
+        self.error: BaseException | None = None
+        self.warnings: list[str] = []
+        self.peer_hellos: dict = {}
+        self.pair_secrets: dict = {}
+        self._out: dict = {}  # peer -> _Link (we write)
+        self._in: dict = {}  # peer -> _Link (we read)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._finishing = False
+        self._opened = False
+        self._pending: set = set()  # sockets in set-up (shut down if set-up fails)
+        self._setup_failed = threading.Event()
+        self._linger = 1.0  # seconds a party that failed during set-up still answers new connections
+        self._shut_done = threading.Event()
+        self._listener: socket.socket | None = None
+        self._rejected: list[str] = []
+        self._recv_count = {p: 0 for p in self.peers}
+
+    @classmethod
+    def from_config(cls, role, cfg, *, cert: str | None = None, key: str | None = None, **kw) -> "Session":
+        """A session from a parsed ``parties.toml`` (:class:`jaxmpc.net.config.NetConfig`)."""
+        role = Party.parse(role)
+        ca, cert, key = cfg.credentials(role, cert, key)
+        entry = cfg.parties[role]
+        n = cfg.network
+        opts = dict(connect_timeout=n.connect_timeout, timeout=n.timeout, compile_timeout=n.compile_timeout,
+                    compression=n.compression, bandwidth=n.bandwidth, latency=n.latency)
+        opts.update(kw)
+        return cls(role, {p: (e.host, e.port) for p, e in cfg.parties.items()}, ca=ca, cert=cert, key=key,
+                   listen=(entry.listen_host, entry.listen_port), **opts)
+
+    # ------------------------------------------------------------------------------------------
+    # set-up
+
+    def open(self, hello: dict) -> dict:
+        """Connects to both peers, accepts both peers, runs the handshakes, agrees pairwise keys.
+
+        Args:
+          hello: this party's handshake fields; ``fingerprint`` (a string) must equal the
+            peers'; other fields are passed along (e.g. the client's number of batches).
+
+        Returns:
+          ``{peer: hello}`` of both peers.
+
+        Raises:
+          HandshakeError / NetTimeout / ConnectionLost / PeerAborted / NetError: with the peer
+          and the reason. The first error anywhere stops the whole set-up at once.
+        """
+        self.hello = dict(hello, protocol="jaxmpc", version=self.version, role=_name(self.role))
+        deadline = time.monotonic() + self.connect_timeout
+        try:
+            self._listener = socket.create_server(self.listen)
+        except OSError as e:
+            raise NetError(f"cannot listen on {self.listen[0]}:{self.listen[1]}: {e.strerror or e}") from None
+        self._listener.settimeout(0.2)
+
+        def guarded(fn, *a):
+            try:
+                fn(*a)
+            except BaseException as e:  # noqa: BLE001 - aborts the session, re-raised by open()
+                if isinstance(e, ConnectionLost):
+                    # a peer that drops a connection during set-up has usually stopped with an error
+                    # of its own: give its ERROR frame (on another link) a moment to arrive first
+                    end = time.monotonic() + 1.0
+                    while self.error is None and time.monotonic() < end:
+                        time.sleep(0.02)
+                self.fail(e if isinstance(e, NetError) else NetError(f"{type(e).__name__}: {e}"))
+
+        threads = [threading.Thread(target=guarded, args=(self._accept_loop, deadline), daemon=True,
+                                    name=f"jaxmpc-accept-{_name(self.role)}")]
+        threads += [threading.Thread(target=guarded, args=(self._connect, p, deadline), daemon=True,
+                                     name=f"jaxmpc-connect-{_name(self.role)}-{_name(p)}") for p in self.peers]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads) and not self._setup_failed.is_set():
+            if time.monotonic() > deadline + 5.0:
+                self.fail(NetTimeout(f"set-up did not finish within {self.connect_timeout:g} s"))
+                break
+            for t in threads:
+                t.join(0.05)
+        for t in threads:
+            t.join(self._linger + 2.0)
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        if self.error is None and (len(self._out) != len(self.peers) or len(self._in) != len(self.peers)):
+            self.fail(NetError("set-up ended without a connection to and from each peer"))
+        if self.error is not None:
+            raise self.error
+        self._opened = True
+        self.log(f"connected to {', '.join(_name(p) for p in self.peers)} (TLS, mutual authentication)")
+        return dict(self.peer_hellos)
+
+    def _track(self, sock):
+        with self._lock:
+            self._pending.add(sock)
+
+    def _untrack(self, sock):
+        with self._lock:
+            self._pending.discard(sock)
+
+    def _start_writer(self, link: _Link):
+        link.sock.settimeout(self.timeout)  # a send blocked this long: the peer stopped reading
+        link.thread = threading.Thread(target=self._writer, args=(link,), daemon=True,
+                                       name=f"jaxmpc-send-{_name(self.role)}-{_name(link.peer)}")
+        link.thread.start()
+
+    def _start_reader(self, link: _Link):
+        link.sock.settimeout(None)
+        link.thread = threading.Thread(target=self._reader, args=(link,), daemon=True,
+                                       name=f"jaxmpc-recv-{_name(self.role)}-{_name(link.peer)}")
+        link.thread.start()
+
+    def _check_hello(self, peer: Party, frame) -> dict:
+        if frame is None:
+            raise ConnectionLost(f"{_name(peer)} closed the connection during the handshake; it has probably "
+                                 "stopped with an error")
+        if frame.type == FrameType.ERROR:
+            raise HandshakeError(f"{_name(peer)} refused the connection: {frame.payload.decode(errors='replace')}")
+        if frame.type != FrameType.HELLO:
+            raise HandshakeError(f"{_name(peer)} sent {frame.type.name} instead of HELLO")
+        try:
+            h = json.loads(frame.payload)
+            assert isinstance(h, dict) and h.get("protocol") == "jaxmpc"
+        except (ValueError, AssertionError):
+            raise HandshakeError(f"{_name(peer)} is not a jaxmpc party (bad HELLO)") from None
+        if h.get("version") != self.version:
+            raise HandshakeError(f"{_name(peer)} speaks jaxmpc wire protocol version {h.get('version')}, "
+                                 f"this party speaks {self.version}")
+        if h.get("role") != _name(peer):
+            raise HandshakeError(f"the peer with the {_name(peer)} certificate says it is {h.get('role')!r}")
+        mine, theirs = self.hello.get("fingerprint"), h.get("fingerprint")
+        if mine != theirs:
+            raise HandshakeError(
+                f"model mismatch with {_name(peer)}: its model fingerprint {str(theirs)[:16]} "
+                f"({h.get('model', '?')}) differs from ours {str(mine)[:16]} ({self.hello.get('model', '?')}); "
+                "the parties must use the same architecture, spec, protocol settings, batch shape and "
+                "jaxmpc/JAX versions")
+        return h
+
+    def _send_error_now(self, sock, seq: int, text: str):
+        try:
+            sock.sendall(wire.encode_frame(FrameType.ERROR, seq, text.encode(), version=self.version))
+        except OSError:
+            pass
+
+    def _refuse_if_failed(self, sock, seq: int) -> bool:
+        """After this party failed, a connection that completes TLS gets our reason (ERROR) and is closed."""
+        if not self._setup_failed.is_set():
+            return False
+        self._send_error_now(sock, seq, f"{_name(self.role)} stopped: {self.error}")
+        self._untrack(sock)
+        sock.close()
+        return True
+
+    def _tls_failure(self, e: BaseException, peer: str, addr: str) -> NetError:
+        if isinstance(e, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+            return ConnectionLost(_describe_tls_error(e, peer, addr))
+        if isinstance(e, ssl.SSLError):
+            return HandshakeError(_describe_tls_error(e, peer, addr))
+        if isinstance(e, (TimeoutError, socket.timeout)):
+            return NetTimeout(f"handshake with {peer} at {addr} timed out")
+        return ConnectionLost(f"handshake with {peer} at {addr} failed: {e}")
+
+    def _connect(self, peer: Party, deadline: float):
+        host, port = self.addresses[peer]
+        addr = f"{host}:{port}"
+        last = None
+        while True:
+            if self._setup_failed.is_set():
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NetTimeout(f"could not connect to {_name(peer)} at {addr} within {self.connect_timeout:g} s "
+                                 f"(last error: {last or 'none'}); is it running?")
+            try:
+                raw = socket.create_connection((host, port), timeout=min(left, 5.0))
+                break
+            except socket.gaierror as e:
+                raise NetError(f"cannot resolve {_name(peer)}'s address {addr}: {e}") from None
+            except OSError as e:
+                last = e.strerror or str(e)
+                time.sleep(min(0.2, max(left, 0)))
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(max(0.1, deadline - time.monotonic()))
+        self._track(raw)
+        try:
+            sock = self.con_ctx.wrap_socket(raw, server_hostname=role_hostname(peer))
+        except (ssl.SSLError, OSError) as e:
+            self._untrack(raw)
+            raw.close()
+            if self._setup_failed.is_set():
+                return
+            raise self._tls_failure(e, _name(peer), addr) from None
+        self._untrack(raw)
+        self._track(sock)
+        if self._refuse_if_failed(sock, 0):
+            return
+        link = _Link(peer, sock, 0)
+        try:
+            sock.sendall(wire.encode_frame(FrameType.HELLO, 0, json.dumps(self.hello).encode(), version=self.version))
+            try:
+                frame = wire.read_frame(sock, expect_seq=0, version=self.version)
+            except wire.TruncatedFrame as e:
+                raise ConnectionLost(f"{_name(peer)} at {addr} closed the connection inside its HELLO ({e})") from None
+            except wire.WireError as e:
+                self._send_error_now(sock, 1, f"{_name(self.role)}: {e}")
+                raise HandshakeError(f"{_name(peer)} at {addr}: {e}") from None
+            try:
+                h = self._check_hello(peer, frame)
+            except HandshakeError as e:
+                self._send_error_now(sock, 1, f"{_name(self.role)} refuses: {e}")
+                raise
+            link.seq = 1
+            if self._refuse_if_failed(sock, 1):
+                return
+            if self.role < peer:
+                secret = secrets.token_bytes(KEY_BYTES)
+                sock.sendall(wire.encode_frame(FrameType.KEY, link.seq, secret, version=self.version))
+                link.seq += 1
+                with self._lock:
+                    self.pair_secrets[peer] = secret
+        except (OSError, TimeoutError) as e:
+            self._untrack(sock)
+            sock.close()
+            if self._setup_failed.is_set():
+                return
+            raise self._tls_failure(e, _name(peer), addr) from None
+        except BaseException:
+            self._untrack(sock)
+            sock.close()
+            raise
+        with self._lock:
+            self._pending.discard(sock)
+            if not self._setup_failed.is_set():
+                self.peer_hellos[peer] = h
+                self._out[peer] = link
+        if self._refuse_if_failed(sock, link.seq):
+            return
+        self._start_writer(link)
+
+    def _accept_loop(self, deadline: float):
+        expected = set(self.peers)
+        linger_until = None
+        while expected or linger_until is not None:
+            if self._setup_failed.is_set():
+                # stay reachable a moment: peers that connect now learn why we stopped
+                linger_until = linger_until or time.monotonic() + self._linger
+                if time.monotonic() > linger_until:
+                    return
+            elif time.monotonic() > deadline:
+                why = f"; rejected: {'; '.join(self._rejected[-3:])}" if self._rejected else ""
+                raise NetTimeout(f"{' and '.join(_name(p) for p in sorted(expected))} did not connect to this party "
+                                 f"({self.listen[0]}:{self.listen[1]}) within {self.connect_timeout:g} s{why}")
+            try:
+                raw, addr = self._listener.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                if self._setup_failed.is_set():
+                    return
+                raise
+            peer = self._accept_one(raw, f"{addr[0]}:{addr[1]}", expected, deadline)
+            if peer is not None:
+                expected.discard(peer)
+
+    def _accept_one(self, raw, addr: str, expected: set, deadline: float):
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.settimeout(max(0.1, min(deadline - time.monotonic(), 30.0)) if not self._setup_failed.is_set() else 1.0)
+        self._track(raw)
+        try:
+            sock = self.acc_ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            self._untrack(raw)
+            raw.close()
+            reason = f"a connection from {addr} failed TLS: {e}"
+            self._rejected.append(reason)
+            self.log(reason)
+            return None
+        self._untrack(raw)
+        self._track(sock)
+        if self._refuse_if_failed(sock, 0):
+            return None
+        cert_role = role_of_certificate(sock.getpeercert() or {})
+        if cert_role not in expected:
+            self._untrack(sock)
+            sock.close()
+            who = _name(cert_role) if cert_role is not None else "no role"
+            reason = f"a connection from {addr} with a certificate for {who} was refused"
+            self._rejected.append(reason)
+            self.log(reason)
+            return None
+        peer = cert_role
+        link = _Link(peer, sock, 0)
+        try:
+            try:
+                frame = wire.read_frame(sock, expect_seq=0, version=self.version)
+            except wire.TruncatedFrame as e:
+                raise ConnectionLost(f"{_name(peer)} ({addr}) closed the connection inside its HELLO ({e})") from None
+            except wire.WireError as e:
+                self._send_error_now(sock, 0, f"{_name(self.role)}: {e}")
+                raise HandshakeError(f"{_name(peer)} at {addr}: {e}") from None
+            if self._refuse_if_failed(sock, 0):
+                return None
+            sock.sendall(wire.encode_frame(FrameType.HELLO, 0, json.dumps(self.hello).encode(), version=self.version))
+            try:
+                h = self._check_hello(peer, frame)
+            except HandshakeError as e:
+                self._send_error_now(sock, 1, f"{_name(self.role)} refuses: {e}")
+                raise
+            link.seq = 1
+            if peer < self.role:
+                kf = wire.read_frame(sock, expect_seq=1, version=self.version)
+                if kf is not None and kf.type == FrameType.ERROR:
+                    raise PeerAborted(f"{_name(peer)} refused: {kf.payload.decode(errors='replace')}")
+                if kf is None:
+                    raise ConnectionLost(f"{_name(peer)} closed the connection during set-up before sending the "
+                                         "pairwise key; it has probably stopped with an error")
+                if kf.type != FrameType.KEY or len(kf.payload) != KEY_BYTES:
+                    raise HandshakeError(f"{_name(peer)} did not send the pairwise key (got {kf.type.name})")
+                link.seq = 2
+                with self._lock:
+                    self.pair_secrets[peer] = kf.payload
+        except (OSError, TimeoutError) as e:
+            self._untrack(sock)
+            sock.close()
+            if self._setup_failed.is_set():
+                return None
+            raise self._tls_failure(e, _name(peer), addr) from None
+        except BaseException:
+            self._untrack(sock)
+            sock.close()
+            raise
+        with self._lock:
+            self._pending.discard(sock)
+            if not self._setup_failed.is_set():
+                self.peer_hellos[peer] = h
+                self._in[peer] = link
+        if self._refuse_if_failed(sock, 1):
+            return None
+        self._start_reader(link)
+        return peer
+
+    # ------------------------------------------------------------------------------------------
+    # threads
+
+    def _writer(self, link: _Link):
+        try:
+            while True:
+                item = link.queue.get()
+                if item is _STOP:
+                    return
+                ftype, payload = item
+                frame = wire.encode_frame(ftype, link.seq, payload, version=self.version,
+                                          compress=self.compression and ftype == FrameType.DATA)
+                link.seq += 1
+                if self.bandwidth > 0:
+                    now = time.monotonic()
+                    link.free_at = max(now, link.free_at) + len(frame) / self.bandwidth
+                    if link.free_at > now:
+                        time.sleep(link.free_at - now)
+                c = link.counters  # counted first: once a peer holds a message, its sender has counted it
+                if ftype == FrameType.DATA:
+                    c.payload_bytes += len(payload)
+                    c.messages += 1
+                    c.frame_bytes += len(frame)
+                else:
+                    c.control_bytes += len(frame)
+                link.sock.sendall(frame)
+                if ftype in (FrameType.BYE, FrameType.ERROR):
+                    return
+        except (OSError, TimeoutError) as e:
+            if self._closing or self.error is not None or self._finishing:
+                return
+            if isinstance(e, (TimeoutError, socket.timeout)):
+                self.fail(NetTimeout(f"{_name(link.peer)} stopped reading: a send blocked for {self.timeout:g} s"))
+            else:
+                self.fail(ConnectionLost(f"sending to {_name(link.peer)} failed: {e} (did it exit or crash?)"))
+
+    def _reader(self, link: _Link):
+        peer = _name(link.peer)
+        try:
+            while True:
+                frame = wire.read_frame(link.sock, expect_seq=link.seq, version=self.version)
+                if frame is None:
+                    if self._closing or self.error is not None:
+                        return
+                    if self._finishing:
+                        self.warnings.append(f"{peer} closed its connection without BYE after the run")
+                        link.bye.set()
+                        return
+                    when = "the protocol" if self._opened else "the set-up"
+                    self.fail(ConnectionLost(f"{peer} closed its connection without finishing {when} "
+                                             "(did it exit or crash?)"))
+                    return
+                link.seq += 1
+                c = link.counters
+                if frame.type == FrameType.DATA:
+                    c.payload_bytes += len(frame.payload)
+                    c.messages += 1
+                    c.frame_bytes += frame.wire_bytes
+                    link.queue.put((time.monotonic() + self.latency, frame.payload))
+                    continue
+                c.control_bytes += frame.wire_bytes
+                if frame.type == FrameType.READY:
+                    link.queue.put(_READY)
+                elif frame.type == FrameType.BYE:
+                    link.bye.set()
+                    link.queue.put(_BYE)
+                    return
+                elif frame.type == FrameType.ERROR:
+                    self.fail(PeerAborted(f"{peer} aborted: {frame.payload.decode(errors='replace')}"))
+                    return
+                else:
+                    self.fail(ProtocolError(f"unexpected {frame.type.name} frame from {peer}"))
+                    return
+        except wire.TruncatedFrame as e:
+            if not (self._closing or self.error is not None):
+                self.fail(ConnectionLost(f"the connection from {peer} broke inside a message: {e}"))
+        except (wire.WireError, OSError, ValueError) as e:
+            if not (self._closing or self.error is not None or self._finishing):
+                self.fail(ConnectionLost(f"receiving from {peer} failed: {e}"))
+
+    # ------------------------------------------------------------------------------------------
+    # protocol messages
+
+    def _check(self):
+        if self.error is not None:
+            raise self.error
+
+    def send(self, dst, payload: bytes) -> None:
+        """Queues one protocol message for ``dst`` (returns at once; the writer thread sends it)."""
+        self._check()
+        self._out[Party.parse(dst)].queue.put((FrameType.DATA, payload))
+
+    def send_array(self, dst, value, wire_dtype) -> None:
+        """Sends an array as little-endian ``wire_dtype`` bytes."""
+        dt = np.dtype(wire_dtype).newbyteorder("<")
+        self.send(dst, np.ascontiguousarray(np.asarray(value).astype(dt, copy=False)).tobytes())
+
+    def recv(self, src, nbytes: int | None = None) -> bytes:
+        """The next protocol message from ``src`` (waits at most ``timeout``; checks its size).
+
+        Raises:
+          NetTimeout, ConnectionLost, PeerAborted, ProtocolError: the session is aborted.
+        """
+        src = Party.parse(src)
+        self._check()
+        link = self._in[src]
+        try:
+            item = link.queue.get(timeout=self.timeout)
+        except queue.Empty:
+            self.fail(NetTimeout(f"no message from {_name(src)} within {self.timeout:g} s (message "
+                                 f"#{self._recv_count[src] + 1} from it); is it alive?"))
+            raise self.error from None
+        if item is _ABORT:
+            link.queue.put(_ABORT)
+            raise self.error
+        if item is _READY or item is _BYE:
+            what = "finished" if item is _BYE else "sent READY"
+            self.fail(ProtocolError(f"{_name(src)} {what} where this party expected its message "
+                                    f"#{self._recv_count[src] + 1} (the parties run different programs)"))
+            raise self.error
+        ready_at, payload = item
+        self._recv_count[src] += 1
+        if self.latency > 0:
+            wait = ready_at - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        if nbytes is not None and len(payload) != nbytes:
+            self.fail(ProtocolError(f"message #{self._recv_count[src]} from {_name(src)} has {len(payload)} bytes "
+                                    f"where the protocol expects {nbytes} (the parties are out of step)"))
+            raise self.error
+        return payload
+
+    def recv_array(self, src, shape, wire_dtype) -> np.ndarray:
+        """Receives an array of ``shape`` sent as little-endian ``wire_dtype`` bytes."""
+        dt = np.dtype(wire_dtype).newbyteorder("<")
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        return np.frombuffer(self.recv(src, n), dtype=dt).astype(np.dtype(wire_dtype), copy=False).reshape(shape)
+
+    def ready(self) -> None:
+        """Tells the peers this party is compiled and waits until both are (``compile_timeout``)."""
+        self._check()
+        for link in self._out.values():
+            link.queue.put((FrameType.READY, b""))
+        for peer, link in self._in.items():
+            try:
+                item = link.queue.get(timeout=self.compile_timeout)
+            except queue.Empty:
+                self.fail(NetTimeout(f"{_name(peer)} was not ready within {self.compile_timeout:g} s"))
+                raise self.error from None
+            if item is _ABORT:
+                link.queue.put(_ABORT)
+                raise self.error
+            if item is not _READY:
+                self.fail(ProtocolError(f"{_name(peer)} sent a message before READY"))
+                raise self.error
+
+    def finish(self) -> None:
+        """Ends a successful run: ``BYE`` to both peers, waits for theirs, closes the links."""
+        self._check()
+        self._finishing = True
+        for link in self._out.values():
+            link.queue.put((FrameType.BYE, b""))
+        deadline = time.monotonic() + self.timeout
+        for link in self._out.values():
+            link.thread.join(max(0.0, deadline - time.monotonic()))  # started in set-up, before open() returned
+            if link.thread.is_alive():
+                self.warnings.append(f"could not flush the last messages to {_name(link.peer)}")
+        for link in self._in.values():
+            if not link.bye.wait(max(0.0, deadline - time.monotonic())):
+                self.warnings.append(f"{_name(link.peer)} did not say BYE within {self.timeout:g} s")
+        self.close()
+
+    def fail(self, err: BaseException) -> None:
+        """Aborts the session with ``err`` (first error wins): wakes every receive, tells the
+        peers why (``ERROR`` frame), then shuts every connection down."""
+        with self._lock:
+            if self.error is not None:
+                return
+            self.error = err
+            self._setup_failed.set()
+            pending = list(self._pending)
+        self.log(f"aborting: {err}")
+        if self._opened:
+            for sock in pending:
+                _shutdown(sock)
+        linger = 0.0 if self._opened else self._linger
+        for link in self._in.values():
+            link.queue.put(_ABORT)
+        text = f"{_name(self.role)}: {err}".encode()
+        for link in self._out.values():
+            while True:
+                try:
+                    link.queue.get_nowait()
+                except queue.Empty:
+                    break
+            link.queue.put((FrameType.ERROR, text))
+
+        def shut():
+            try:
+                # during set-up, in-flight handshakes may finish for a moment so that peers learn
+                # why (see _accept_loop and _refuse_if_failed)
+                time.sleep(linger)
+                end = time.monotonic() + 2.0
+                for link in list(self._out.values()):
+                    t = link.thread
+                    if t is not None and t.ident is not None and t is not threading.current_thread():
+                        t.join(max(0.0, end - time.monotonic()))
+                self.close()
+            finally:
+                self._shut_done.set()
+
+        threading.Thread(target=shut, daemon=True, name="jaxmpc-abort").start()
+
+    def abort(self, err: BaseException, wait: float = 3.0) -> None:
+        """:meth:`fail` (if not failed yet), then waits up to ``wait`` seconds for the ``ERROR``
+        frames to leave, and closes everything."""
+        self.fail(err)
+        self._shut_done.wait(wait)
+        self.close()
+
+    def close(self) -> None:
+        """Shuts every connection down (idempotent)."""
+        self._closing = True
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        with self._lock:
+            pending = list(self._pending)
+        for sock in pending:
+            _shutdown(sock)
+        for link in self._out.values():
+            link.queue.put(_STOP)
+        for link in list(self._out.values()) + list(self._in.values()):
+            link.close()
+
+    # ------------------------------------------------------------------------------------------
+    # accounting
+
+    def counters(self) -> dict:
+        """``{"client->server": {...}, ...}``: the four directed links this party is on, counted here."""
+        out = {}
+        for p, link in self._out.items():
+            out[f"{_name(self.role)}->{_name(p)}"] = link.counters.to_dict()
+        for p, link in self._in.items():
+            out[f"{_name(p)}->{_name(self.role)}"] = link.counters.to_dict()
+        return out
