@@ -10,6 +10,9 @@
     jaxmpc infer     --workdir W [--tag knapsack_10pct] [--images 128]
     jaxmpc report    --workdir W
     jaxmpc cost      --model ResNet18 --input 32,32,3 [--spec spec.json] [--reference]
+    jaxmpc launch    --weights W/train --input images.npy [--batch-size 8] [--output report.json]
+    jaxmpc pki       --out certs/                      (test CA and one certificate per party)
+    jaxmpc party     --role client|server|cp --config parties.toml ...   (docs/networking.md)
 
 Every step reads and writes documented files in the work folder (see :mod:`jaxmpc.pipeline`),
 so steps can be rerun or swapped; an interrupted ``train``/``profile`` resumes.

@@ -1,8 +1,8 @@
 """experiments/: every problem's config is valid, missing data and weights fail clearly, smoke runs work.
 
-The full smoke runs (every step, secure inference included) take minutes each on 2 cores and are
-marked slow; the default suite runs one problem through the steps that do not compile a secure
-forward pass, and checks every problem's configuration and failure messages.
+The default suite checks every problem's configuration and failure messages. The smoke runs take
+minutes each on 2 cores and are marked slow: one problem through the steps that do not compile a
+secure forward pass (with resumption), and every problem through every step.
 """
 
 import json
@@ -74,6 +74,7 @@ def test_problem_that_needs_published_weights_says_so(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "w" / "pipeline.json"), "nothing is written before the error"
 
 
+@pytest.mark.slow
 def test_smoke_run_without_secure_inference(tmp_path):
     """cifar100_resnet18 (tiny ResNet18): train -> profile -> plan -> cost -> report, then a rerun
     resumes from the finished steps."""

@@ -17,7 +17,7 @@ def get_config() -> Experiment:
             finetune_config="fashion_mnist_finetune",
             budgets=(0.1,),
             profile_samples=512,
-            finetune_overrides={"num_epochs": 10},
+            finetune_overrides={"num_epochs": 20},
             baselines=True,
             infer_baselines=True,
             distill=True,
@@ -27,6 +27,6 @@ def get_config() -> Experiment:
         smoke_data=dict(input_shape=(28, 28, 1), num_classes=10, train=8, test=4),
         paper={"criterion (issue #6)": "knapsack at 10% loses <= 2 points against all-ReLU after finetuning and "
                "beats both baselines; secure predictions = plaintext on >= 200 test images"},
-        compute="2 CPU cores: ~10 min training, ~1-2 min profiling, ~15 min finetuning per spec (10 epochs), "
+        compute="2 CPU cores: ~10 min training, ~1-2 min profiling, ~20-30 min finetuning per spec (20 epochs), "
         "~1-2 min secure inference per spec",
     )
