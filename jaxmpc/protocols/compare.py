@@ -91,11 +91,6 @@ def _bit(x):
     return x & U64(1)
 
 
-def _sign_pm(bit):
-    """(1 - 2 bit) as a selector: returns a function negating Zp elements where bit == 1."""
-    return bit.astype(bool)
-
-
 def _random_permutation(rt: Runtime, kind: str, shape: tuple, m: int) -> Held:
     """A fresh permutation of ``m`` positions per element, known to the client and the server."""
     n = int(np.prod(shape, dtype=np.int64))
@@ -136,7 +131,8 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
     ``x > r``. For ``beta = 1`` it compares against ``t = r + 1`` with the roles of x and t swapped,
     so a zero exists iff ``x <= r``. ``r = 2^m - 1`` with ``beta = 1`` and ``gt_always`` use a
     forced vector (exactly one zero, or none) built from fresh common randomness. Each ``c_i`` is
-    multiplied by a fresh ``s_i`` in Z_67^* and the m positions are shuffled by a fresh per-element
+    multiplied by a fresh ``s_i`` in Z_67^*, masked additively by a common ``u_i`` (``+u`` by the
+    client, ``-u`` by the server, so the CP sees one uniform vector and the sum), and the m positions are shuffled by a fresh per-element
     permutation (``config.permutation``: uniform, or a uniform rotation, which suffices: the
     entries other than the zero are i.i.d. uniform on Z_67^*, so only the zero's position needs to
     be uniform). The CP outputs 1 iff some ``d_i = c^c_i + c^s_i`` is 0.
@@ -149,9 +145,10 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
     with rt.scope("private_compare"):
         nm = int(np.prod(shape, dtype=np.int64)) * m
         s = rt.random_with(C_S, nm, lambda w: zp.nonzero_from_words(w).reshape(shape + (m,)), "s")
-        # common randomness for forced vectors; only ShareConvert (r = 0 or r = 2^m - 1) needs it
-        may_force = gt_always is not None or r_can_be_max
-        u = rt.random(C_S, zp, shape + (m,), "u") if may_force else rt.public(np.uint16(0))
+        # additive mask, common to C and S: the client sends pi(s c^c + u), the server pi(s c^s - u),
+        # so the CP's view is one uniform vector and the masked sum pi(s c) (simulatable from the
+        # output bit alone); without it the CP could divide the two vectors, cancel s and recover r
+        u = rt.random(C_S, zp, shape + (m,), "u")
         perm = _random_permutation(rt, rt.config.permutation, shape, m)
 
         def c_vector(party_j: int):
@@ -179,9 +176,9 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
                 forced = force_zero | force_none
                 pos0 = (jnp.arange(m) == 0)
                 f_target = jnp.where(pos0 & force_zero[..., None], np.uint16(0), np.uint16(1))
-                c_forced = u if party_j == 0 else (f_target + (p - u)) % p
+                c_forced = jnp.zeros_like(c) if party_j == 0 else f_target
                 c = jnp.where(forced[..., None], c_forced, c)
-                d = (c * s) % p
+                d = (c * s + (u if party_j == 0 else (p - u))) % p
                 return jnp.take_along_axis(d, perm, axis=-1)
 
             return f
