@@ -76,3 +76,18 @@ def test_malformed_frames_raise_clear_errors():
     corrupt = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, FrameType.DATA, wire.FLAG_COMPRESSED, 0, 4) + b"abcd"
     with pytest.raises(WireError, match="bad compressed payload"):
         read_frame(FakeSocket(corrupt))
+
+
+def test_oversize_frame_is_refused_before_reading_its_payload():
+    """A length field over the limit is refused from the header alone (no allocation of the
+    announced size); the handshake limit is far smaller than the data limit."""
+    big = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, int(wire.FrameType.HELLO), 0, 0, wire.MAX_HANDSHAKE_PAYLOAD + 1)
+    with pytest.raises(wire.WireError, match="exceeds the limit"):
+        wire.read_frame(FakeSocket(big, 7), max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+    huge = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, int(wire.FrameType.HELLO), 0, 0, 1 << 40)
+    with pytest.raises(wire.WireError, match="exceeds the limit"):
+        wire.read_frame(FakeSocket(huge, 7))
+    # an announced length the peer never sends ends as a truncated frame, not a huge buffer
+    short = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, int(wire.FrameType.HELLO), 0, 0, 1 << 30) + b"abc"
+    with pytest.raises(wire.TruncatedFrame):
+        wire.read_frame(FakeSocket(short, 7))

@@ -142,3 +142,33 @@ def test_cp_brute_force_recovers_r_only_from_the_leaky_view(monkeypatch):
     assert sum(g == t for g, t in zip(leaked, truth)) >= len(values) - 1  # a rare double match aside
     real = _brute_force_16(v, v["d_c"], v["d_s"])
     assert sum(g == t for g, t in zip(real, truth)) == 0
+
+
+def test_compiled_program_cache_is_keyed_on_the_program():
+    """Two models with the same parameter structure (Dense, relu(Dense)) get their own compiled
+    secure programs and results, in either order."""
+    import flax.linen as nn
+    import jax
+
+    import jaxmpc
+
+    class Lin(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    class LinRelu(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.relu(nn.Dense(3)(x))
+
+    x = np.linspace(-2, 2, 8, dtype=np.float32).reshape(2, 4)
+    variables = Lin().init(jax.random.key(0), x)
+    want = {m: np.asarray(m.apply(variables, x)) for m in (Lin(), LinRelu())}
+    assert (want[Lin()] < -0.05).any()  # the two models really differ on this input
+    for order in ((Lin(), LinRelu()), (LinRelu(), Lin())):
+        jaxmpc.inference.api._CACHE.clear()
+        jaxmpc.inference.api._TRACES.clear()
+        for model in order:
+            y, _ = jaxmpc.secure_apply(model, variables, x, key=jax.random.key(1))
+            np.testing.assert_allclose(np.asarray(y), want[model], atol=1e-2)

@@ -72,6 +72,22 @@ def _structure_key(model, treedef, leaf_structs, kinds, public, x_shape, dtype, 
     return (model_key, h.hexdigest())
 
 
+def program_fingerprint(closed_jaxpr, public_values, x_aval) -> str:
+    """A hash of the traced program itself: the jaxpr (operations, shapes, dtypes and the layer
+    names that seed the randomness), its constants, the public values (the Block-ReLU spec) and
+    the input shape. Every cache of compiled secure programs, and the networked handshake
+    (``jaxmpc.net.party.model_fingerprint``), is keyed on it, never on parameter shapes alone.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    h.update(closed_jaxpr.jaxpr.pretty_print(name_stack=True, source_info=False).encode())
+    for c in list(closed_jaxpr.consts) + list(public_values):
+        a = np.asarray(c)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(f"{tuple(x_aval.shape)}{x_aval.dtype}".encode())
+    return h.hexdigest()
+
+
 def _leaf_dtype(leaf):
     return leaf.dtype if isinstance(leaf, jax.ShapeDtypeStruct) else jnp.asarray(leaf).dtype
 
@@ -118,7 +134,7 @@ def trace_model(model, variables, x_shape, *, dtype=jnp.float32, method=None,
         raise ValueError(f"the model cannot run on an input of shape {tuple(x_shape)}: {type(e).__name__}: {e}") from e
     out_leaves, out_tree = jax.tree_util.tree_flatten(out_shape)
     traced = TracedModel(closed, out_tree, tuple(out_leaves), tuple(server_paths), tuple(public), tuple(kinds), x_aval,
-                         top, skey[1])
+                         top, program_fingerprint(closed, public, x_aval))
     if len(_TRACES) > 32:
         _TRACES.pop(next(iter(_TRACES)))
     _TRACES[skey] = (model, traced)

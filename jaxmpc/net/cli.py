@@ -102,8 +102,14 @@ def _launch(args) -> int:
     model = {}
     run_cfg = os.path.join(args.weights, "config.json") if os.path.isdir(args.weights) else None
     if run_cfg and os.path.isfile(run_cfg):
-        with open(run_cfg) as f:
-            rc = json.load(f)
+        from jaxmpc._io import JSONFileError, read_json
+
+        try:
+            rc = read_json(run_cfg, "run config")
+        except (OSError, JSONFileError) as e:
+            return _fail(prefix, e, 2)
+        if not isinstance(rc, dict):
+            return _fail(prefix, f"{run_cfg} must hold a JSON object", 2)
         model["preset"], model["kwargs"] = rc.get("model"), dict(rc.get("model_kwargs") or {})
     if args.model:
         model["preset"] = args.model
@@ -143,4 +149,6 @@ def _pki(args) -> int:
     files = create_test_pki(args.out, days=args.days)
     for k, v in files.items():
         print(f"{k}: {v if isinstance(v, str) else ', '.join(v)}")
+    print(f"warning: {files['ca_key']} can sign certificates for any party: move it off this machine (or delete it) "
+          "before the parties' files are distributed", file=sys.stderr)
     return 0

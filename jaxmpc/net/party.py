@@ -112,15 +112,7 @@ def model_fingerprint(traced, config: ProtocolConfig, batch_shape) -> str:
     """
     h = hashlib.blake2b(digest_size=16)
     h.update(f"jaxmpc-net/{WIRE_VERSION}\n".encode())
-    h.update(traced.jaxpr.jaxpr.pretty_print(name_stack=True, source_info=False).encode())
-    for c in traced.jaxpr.consts:
-        a = np.asarray(c)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    for p in traced.public_values:
-        a = np.asarray(p)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(traced.fingerprint.encode())  # jaxpr, constants, public spec (inference.api.program_fingerprint)
     h.update(repr(sorted(dataclasses.asdict(config).items())).encode())
     h.update(repr(tuple(int(d) for d in batch_shape)).encode())
     return h.hexdigest()

@@ -431,7 +431,7 @@ class Session:
         try:
             sock.sendall(wire.encode_frame(FrameType.HELLO, 0, json.dumps(self.hello).encode(), version=self.version))
             try:
-                frame = wire.read_frame(sock, expect_seq=0, version=self.version)
+                frame = wire.read_frame(sock, expect_seq=0, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
             except wire.TruncatedFrame as e:
                 raise ConnectionLost(f"{_name(peer)} at {addr} closed the connection inside its HELLO ({e})") from None
             except wire.WireError as e:
@@ -525,7 +525,7 @@ class Session:
         link = _Link(peer, sock, 0)
         try:
             try:
-                frame = wire.read_frame(sock, expect_seq=0, version=self.version)
+                frame = wire.read_frame(sock, expect_seq=0, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
             except wire.TruncatedFrame as e:
                 raise ConnectionLost(f"{_name(peer)} ({addr}) closed the connection inside its HELLO ({e})") from None
             except wire.WireError as e:
@@ -541,7 +541,7 @@ class Session:
                 raise
             link.seq = 1
             if peer < self.role:
-                kf = wire.read_frame(sock, expect_seq=1, version=self.version)
+                kf = wire.read_frame(sock, expect_seq=1, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
                 if kf is not None and kf.type == FrameType.ERROR:
                     raise PeerAborted(f"{_name(peer)} refused: {kf.payload.decode(errors='replace')}")
                 if kf is None:

@@ -29,15 +29,18 @@ import struct
 import zlib
 
 __all__ = ["WIRE_VERSION", "MAGIC", "HEADER", "FrameType", "Frame", "WireError", "TruncatedFrame", "encode_frame",
-           "read_frame", "FLAG_COMPRESSED", "MAX_PAYLOAD"]
+           "read_frame", "FLAG_COMPRESSED", "MAX_PAYLOAD", "MAX_HANDSHAKE_PAYLOAD"]
 
 #: Version of the wire format and of the handshake. Parties with different versions refuse to talk.
 WIRE_VERSION = 1
 MAGIC = b"JXMP"
 HEADER = struct.Struct("!4sBBBxIQ")
 FLAG_COMPRESSED = 1
-#: Largest payload accepted (a corrupted or hostile length field must not allocate terabytes).
-MAX_PAYLOAD = 1 << 36
+#: Largest payload accepted by default (a corrupted or hostile length field must not make a party
+#: allocate more than this; the handshake frames use a far smaller limit, ``read_frame(max_payload=)``).
+MAX_PAYLOAD = 1 << 31
+#: Limit for handshake frames (HELLO JSON, keys).
+MAX_HANDSHAKE_PAYLOAD = 1 << 16
 
 
 class FrameType(enum.IntEnum):
@@ -87,20 +90,24 @@ def encode_frame(ftype: FrameType, seq: int, payload: bytes = b"", *, compress: 
 
 def _read_exact(sock, n: int, what: str, *, at_boundary: bool) -> bytes | None:
     """Reads exactly ``n`` bytes; ``None`` on a clean end of stream at a frame boundary."""
-    buf = bytearray(n)
-    view = memoryview(buf)
+    # memory grows with the bytes that actually arrive, never with the announced length alone
+    parts: list[bytes] = []
     got = 0
     while got < n:
-        k = sock.recv_into(view[got:], min(n - got, 1 << 20))
-        if k == 0:
+        buf = bytearray(min(n - got, 1 << 20))
+        k = sock.recv_into(memoryview(buf), len(buf))
+        chunk = bytes(buf[:k])
+        if not chunk:
             if got == 0 and at_boundary:
                 return None
             raise TruncatedFrame(f"the stream ended inside {what} (got {got} of {n} bytes)")
-        got += k
-    return bytes(buf)
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
-def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSION) -> Frame | None:
+def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSION,
+               max_payload: int = MAX_PAYLOAD) -> Frame | None:
     """Reads one frame from a socket-like object (``recv_into``); ``None`` at a clean end of stream.
 
     Raises:
@@ -120,8 +127,8 @@ def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSI
         ftype = FrameType(ftype)
     except ValueError:
         raise WireError(f"unknown frame type {ftype}") from None
-    if length > MAX_PAYLOAD:
-        raise WireError(f"frame payload of {length} bytes exceeds the limit ({MAX_PAYLOAD})")
+    if length > max_payload:
+        raise WireError(f"frame payload of {length} bytes exceeds the limit ({max_payload})")
     if expect_seq is not None and seq != expect_seq & 0xFFFFFFFF:
         raise WireError(f"frame {seq} arrived where frame {expect_seq} was expected")
     payload = _read_exact(sock, length, f"the payload of frame {seq} ({ftype.name})", at_boundary=False) if length \
@@ -129,7 +136,7 @@ def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSI
     if flags & FLAG_COMPRESSED:
         try:
             d = zlib.decompressobj()
-            out = d.decompress(payload, MAX_PAYLOAD)
+            out = d.decompress(payload, max_payload)
             if d.unconsumed_tail or not d.eof:
                 raise zlib.error("incomplete or oversized stream")
             payload = out
