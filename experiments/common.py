@@ -176,7 +176,7 @@ def _check_steps(steps) -> list[str]:
     return [s for s in STEPS if s in steps]
 
 
-def run(exp: Experiment, workdir: str | os.PathLike, *, budget: float | None = None,
+def run(exp: Experiment, workdir: str | os.PathLike, *, budget: float | int | None = None,
         steps: str | Sequence[str] | None = None, smoke: bool = False,
         data_kwargs: Mapping[str, Any] | None = None, init_weights: str | None = None,
         init_prefix_map: Mapping[str, str] | None = None, images: int | None = None, baselines: bool | None = None, progress: bool = True, log=print) -> dict:
@@ -186,7 +186,8 @@ def run(exp: Experiment, workdir: str | os.PathLike, *, budget: float | None = N
       exp: the experiment (:func:`get_experiment`).
       workdir: the work folder (see :mod:`jaxmpc.pipeline` for its layout; ``cost/`` and
         ``report/experiment.md`` are added here).
-      budget: DReLU budget (ratio of the all-ReLU count, or a count); default: the paper's.
+      budget: DReLU budget (a float fraction of the all-ReLU count in (0, 1], or an int count; see
+        :func:`jaxmpc.pipeline.check_budget`); default: the paper's.
       steps: subset of :data:`STEPS` (list or comma-separated); default: all.
       smoke: the tiny variant on synthetic data (seconds; for tests).
       data_kwargs: dataset loader arguments (``root=``, ``data_dir=``), not saved in the config.

@@ -1,7 +1,7 @@
 """Runs one of the paper's problems (or the Fashion-MNIST acceptance run) through the pipeline.
 
     python experiments/run.py --problem cifar100_resnet18 --workdir runs/cifar100 \
-        [--budget 0.06] [--steps train,profile,plan,finetune,infer,cost,report] \
+        [--budget 6% | --budget 5000 --budget-unit drelus] [--steps train,profile,plan,finetune,infer,cost,report] \
         [--data-dir ~/tensorflow_datasets | --root /data/cifar-100-binary] \
         [--init-weights resnet50.pth [--mmcls]] [--images 500] [--baselines] [--smoke]
 
@@ -22,23 +22,16 @@ if __package__ in (None, ""):  # python experiments/run.py: make `experiments` i
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _budget(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"budget must be a ratio like 0.06 or a DReLU count, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError("budget must be positive")
-    return v if v < 1 else int(v)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     from experiments import common
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problem", required=True, choices=common.PROBLEMS)
     ap.add_argument("--workdir", default=None, help="work folder (default: runs/<problem>[_smoke])")
-    ap.add_argument("--budget", type=_budget, default=None, help="DReLU budget: ratio (0.06) or count")
+    ap.add_argument("--budget", default=None,
+                    help="DReLU budget as for `jaxmpc plan`: 6%%, a fraction in (0, 1] (0.06), or a count with "
+                         "--budget-unit drelus")
+    ap.add_argument("--budget-unit", choices=["fraction", "drelus"], default="fraction")
     ap.add_argument("--steps", default=",".join(common.STEPS), help="comma-separated subset of the steps")
     ap.add_argument("--smoke", action="store_true", help="tiny model on synthetic images (for tests)")
     ap.add_argument("--data-dir", default=None, help="tensorflow-datasets data folder (cifar100, imagenet2012)")
@@ -49,7 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--baselines", action="store_true", default=None,
                     help="also plan and finetune the uniform and random baselines")
     ap.add_argument("--no-progress", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.budget is not None:
+        from jaxmpc.pipeline import PipelineError, parse_budget
+
+        try:
+            args.budget = parse_budget(args.budget, args.budget_unit)
+        except PipelineError as e:
+            ap.error(f"argument --budget: {e}")
+    return args
 
 
 def main(argv=None) -> int:

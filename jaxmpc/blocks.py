@@ -20,8 +20,6 @@ distortion profiler and the secure runtime, and it never traces.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 RELU = (1, 1)
@@ -38,6 +36,12 @@ __all__ = [
     "drelu_count",
     "mult_count",
     "default_candidates",
+    "paper_candidates",
+    "CANDIDATE_LISTS",
+    "candidate_list",
+    "fit_candidates",
+    "patch_grid",
+    "patch_counts",
 ]
 
 
@@ -128,20 +132,78 @@ def default_candidates(height: int, width: int) -> np.ndarray:
     return np.asarray(uniq, dtype=np.int32)
 
 
-def canonical_square_candidates(size: int) -> np.ndarray:
-    """Candidate list for a square ``size x size`` map (convenience for :func:`default_candidates`)."""
-    return default_candidates(size, size)
+def paper_candidates(height: int, width: int) -> np.ndarray:
+    """Candidate patch sizes shaped like the paper's lists (``paper_reference.md`` §3.3).
+
+    ``(1, 1)`` first; then ``bh x bw`` rectangles with sides from {1..6, 8, 10, 12, 16} (area at
+    most 256) or, for maps whose size is a multiple of 7 but not a power of two, from
+    {1..7, 10, 12, 14} (area at most 196), with aspect ratio at most 4 (8 for strips one or two
+    pixels thin); then the squares ``d, d/2, d/4, ...`` larger than those sides, up to the whole
+    map (``d = min(H, W)``); then identity ``(0, 1)`` and zero ``(1, 0)``. Maps of at most 8
+    pixels use the sides that divide ``d`` (and 3 from 6 up). This reproduces the paper's list
+    sizes approximately (e.g. 9 sizes for 4x4, 95 for 32x32, against the reference's 9 and 80);
+    the reference's hand-written lists themselves are not copied.
+
+    Returns:
+      int32 array ``[n, 2]``.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"map size must be positive, got {height}x{width}")
+    d = min(height, width)
+    if d == 1:
+        return np.array([[1, 1], [0, 1], [1, 0]], np.int32)
+    if d <= 8:
+        sides = sorted({v for v in range(1, d + 1) if d % v == 0} | ({3} if d >= 6 else set()))
+        area, aspect, thin_aspect = d * d, (2 if d <= 4 else 8), (2 if d <= 4 else 8)
+    elif d % 7 == 0 and d & (d - 1):
+        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 7, 10, 12, 14], 196, 4, 8
+    else:
+        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16], 256, 4, 8
+    sides = [v for v in sides if v <= d]
+    out = [(1, 1)]
+    for a in sides:
+        for b in sides:
+            lo, hi = min(a, b), max(a, b)
+            if (a, b) != (1, 1) and a * b <= area and (hi <= aspect * lo or (lo <= 2 and hi <= thin_aspect * lo)):
+                out.append((a, b))
+    big, q = [], d
+    while q > max(sides):
+        big.append(q)
+        q //= 2
+    out += [(q, q) for q in sorted(big)]
+    out += [(0, 1), (1, 0)]
+    return np.asarray(out, np.int32)
 
 
-def sizes_from_candidates(candidates: Sequence[Sequence[int]], choice) -> np.ndarray:
-    """Maps per-channel candidate indices to a ``[C, 2]`` patch-size array."""
-    cand = np.asarray(candidates, dtype=np.int32)
-    idx = np.asarray(choice, dtype=np.int64)
-    if idx.ndim != 1:
-        raise ValueError(f"choice must be a vector of candidate indices, got shape {idx.shape}")
-    if idx.size and (idx.min() < 0 or idx.max() >= len(cand)):
-        raise ValueError(f"choice indices must lie in [0, {len(cand)}), got range [{idx.min()}, {idx.max()}]")
-    return cand[idx]
+CANDIDATE_LISTS = {"default": default_candidates, "paper": paper_candidates}
+"""The named candidate lists: ``{name: fn(height, width) -> int32 [n, 2]}``."""
+
+
+def candidate_list(name: str, height: int, width: int) -> np.ndarray:
+    """The candidate list ``name`` (a key of :data:`CANDIDATE_LISTS`) for an ``height x width`` map."""
+    try:
+        fn = CANDIDATE_LISTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown candidate list {name!r}; expected one of {sorted(CANDIDATE_LISTS)}") from None
+    return fn(height, width)
+
+
+def fit_candidates(candidates, height: int, width: int) -> np.ndarray:
+    """One given candidate list fitted to an ``height x width`` map.
+
+    Patches larger than the map in either dimension are dropped (identity and zero are kept),
+    duplicates are dropped, and ``(1, 1)`` is put first if missing (every layer can stay a ReLU).
+
+    Raises:
+      TypeError / ValueError: if ``candidates`` is not a valid ``[n, 2]`` list of patch sizes.
+    """
+    arr = validate_block_sizes(candidates, name="candidates")
+    out: list[tuple[int, int]] = [] if any(tuple(c) == RELU for c in arr.tolist()) else [RELU]
+    for bh, bw in arr.tolist():
+        fits = not is_patch(np.array([bh, bw])) or (bh <= height and bw <= width)
+        if fits and (bh, bw) not in out:
+            out.append((bh, bw))
+    return np.asarray(out, dtype=np.int32)
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -10,13 +10,20 @@ step           reads                                                  writes
                                                                       ``profile/distortion.png``
 ``plan``       ``profile/distortion.npz``                             ``plans/<tag>.json`` (block specs) and
                                                                       ``plans/<tag>.summary.json``
-``finetune``   ``train/``, ``plans/<tag>.json``                       ``finetune/<tag>/`` (checkpoints)
+``finetune``   ``train/``, ``plans/<tag>.json``                       ``finetune/<tag>/`` (checkpoints); with
+                                                                      ``seed=k``: ``finetune_seeds/<tag>/seed<k>/``
+(demo)         ``finetune/<tag>/``, ``finetune_seeds/<tag>/``         ``finetune/<tag>/test_correct.json``,
+                                                                      ``train/test_correct.json`` (per image)
 ``infer``      ``finetune/<tag>/`` (or ``train/``)                    ``infer/<tag>/report.json``,
                                                                       ``infer/<tag>/result.json``
 ``report``     everything above                                       ``report/summary.json``, ``summary.md``,
                                                                       ``accuracy_vs_budget.png``,
                                                                       ``communication.png``
 =============  =====================================================  =====================================
+
+The report gives every accuracy with its 95% Wilson interval over the test images, the mean and
+standard deviation over finetuning seeds, and (with the demo's per-image predictions) the paired
+difference between the knapsack spec and each baseline at the same budget (:mod:`jaxmpc.stats`).
 
 A plan tag is ``<method>_<budget>`` (``knapsack_10pct``, ``uniform_10pct``, ``random_10pct``, or
 ``..._<N>drelus``). Every step is idempotent: rerunning it resumes (training and profiling
@@ -35,14 +42,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 import numpy as np
 
+from jaxmpc import _io
+
 __all__ = ["PipelineConfig", "Workdir", "train_step", "profile_step", "plan_step", "finetune_step", "infer_step",
-           "report_step", "run_demo", "PipelineError", "paper_candidates"]
+           "report_step", "run_demo", "PipelineError", "check_budget", "parse_budget",
+           "budget_drelus", "budget_tag"]
 
 
 class PipelineError(RuntimeError):
@@ -56,7 +65,9 @@ class PipelineConfig:
     Attributes:
       train_config: preset of :func:`jaxmpc.train.get_config` for the all-ReLU model.
       finetune_config: preset for finetuning with a spec.
-      budgets: DReLU budgets, each a ratio of the all-ReLU count (< 1) or an absolute count.
+      budgets: DReLU budgets, each a *float* fraction of the all-ReLU count in ``(0, 1]``
+        (``0.06`` is 6%, ``1.0`` every DReLU) or an *int* count of DReLUs (``5000``); see
+        :func:`check_budget` (a float above 1, a bool, NaN or infinity is refused).
       profile_samples: training images used to measure distortions (paper: training split).
       infer_images: held-out test images run through secure inference.
       baselines: also plan, finetune and evaluate the uniform and random baselines.
@@ -78,15 +89,18 @@ class PipelineConfig:
       pretrain: run the training schedule (from ``init_weights`` when given); ``False`` uses
         ``init_weights`` as the trained model unchanged (it is only evaluated).
       candidates: candidate patch sizes for profiling: ``"default"``
-        (:func:`jaxmpc.blocks.default_candidates`), ``"paper"`` (:func:`paper_candidates`, the
-        shape of the paper's lists), or one list of ``[bh, bw]`` for every layer (sizes larger
-        than a layer's map are dropped for it).
+        (:func:`jaxmpc.blocks.default_candidates`), ``"paper"`` (:func:`jaxmpc.blocks.paper_candidates`,
+        the shape of the paper's lists), or one list of ``[bh, bw]`` for every layer (sizes larger
+        than a layer's map are dropped for it, see :func:`jaxmpc.blocks.fit_candidates`).
       infer_baselines: ``run_demo`` also runs secure inference on the baseline specs (by
         default only the all-ReLU model and the knapsack specs).
       infer_batch_size: images per secure-inference call.
       profile_shuffle: profile on a random subset of the training split (drawn with ``seed``, as
         the paper's fixed shuffle) instead of its first ``profile_samples`` images (use it for
         class-sorted folders such as ImageNet's).
+      finetune_seeds: ``run_demo`` finetunes every spec with this many training seeds (the
+        preset's seed, then ``+1``, ``+2``...; extra seeds in ``finetune_seeds/<tag>/seed<k>/``)
+        and the report gives the mean and spread over them; the ``finetune`` step runs one.
     """
 
     train_config: str = "digits"
@@ -110,6 +124,7 @@ class PipelineConfig:
     infer_baselines: bool = False
     infer_batch_size: int = 64
     profile_shuffle: bool = False
+    finetune_seeds: int = 3
 
     def __post_init__(self):
         from jaxmpc import train
@@ -119,10 +134,8 @@ class PipelineConfig:
                 raise PipelineError(f"unknown training preset {name!r}; expected one of {sorted(train.CONFIGS)}")
         if not self.budgets:
             raise PipelineError("budgets must not be empty")
-        for b in self.budgets:
-            if isinstance(b, bool) or not isinstance(b, (int, float)) or not np.isfinite(b) or b <= 0:
-                raise PipelineError(f"a budget must be a positive ratio (< 1) or DReLU count, got {b!r}")
-        for name in ("profile_samples", "infer_images", "infer_batch_size"):
+        object.__setattr__(self, "budgets", tuple(check_budget(b) for b in self.budgets))
+        for name in ("profile_samples", "infer_images", "infer_batch_size", "finetune_seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PipelineError(f"{name} must be a positive int, got {v!r}")
@@ -164,64 +177,24 @@ class PipelineConfig:
 
 
 def _check_candidates(c) -> None:
+    from jaxmpc import blocks
+
     if isinstance(c, str):
-        if c not in ("default", "paper"):
-            raise PipelineError(f"candidates must be 'default', 'paper' or a list of [bh, bw], got {c!r}")
+        if c not in blocks.CANDIDATE_LISTS:
+            raise PipelineError(f"candidates must be one of {sorted(blocks.CANDIDATE_LISTS)} or a list of [bh, bw], "
+                                f"got {c!r}")
         return
     try:
-        arr = np.asarray(c)
-        ok = arr.ndim == 2 and arr.shape[1] == 2 and len(arr) > 0 and np.issubdtype(arr.dtype, np.integer)
+        ok = len(blocks.validate_block_sizes(c, name="candidates")) > 0
     except (TypeError, ValueError):
         ok = False
-    if not ok or (arr < 0).any():
-        raise PipelineError(f"candidates must be 'default', 'paper' or a list of [bh, bw] pairs, got {c!r}")
-
-
-def paper_candidates(height: int, width: int) -> np.ndarray:
-    """Candidate patch sizes shaped like the paper's lists (``paper_reference.md`` §3.3).
-
-    ``(1, 1)`` first; then ``bh x bw`` rectangles with sides from {1..6, 8, 10, 12, 16} (area at
-    most 256) or, for maps whose size is a multiple of 7 but not a power of two, from
-    {1..7, 10, 12, 14} (area at most 196), with aspect ratio at most 4 (8 for strips one or two
-    pixels thin); then the squares ``d, d/2, d/4, ...`` larger than those sides, up to the whole
-    map (``d = min(H, W)``); then identity ``(0, 1)`` and zero ``(1, 0)``. Maps of at most 8
-    pixels use the sides that divide ``d`` (and 3 from 6 up). This reproduces the paper's list
-    sizes approximately (e.g. 9 sizes for 4x4, 95 for 32x32, against the reference's 9 and 80);
-    the reference's hand-written lists themselves are not copied.
-
-    Returns:
-      int32 array ``[n, 2]``.
-    """
-    if height < 1 or width < 1:
-        raise ValueError(f"map size must be positive, got {height}x{width}")
-    d = min(height, width)
-    if d == 1:
-        return np.array([[1, 1], [0, 1], [1, 0]], np.int32)
-    if d <= 8:
-        sides = sorted({v for v in range(1, d + 1) if d % v == 0} | ({3} if d >= 6 else set()))
-        area, aspect, thin_aspect = d * d, (2 if d <= 4 else 8), (2 if d <= 4 else 8)
-    elif d % 7 == 0 and d & (d - 1):
-        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 7, 10, 12, 14], 196, 4, 8
-    else:
-        sides, area, aspect, thin_aspect = [1, 2, 3, 4, 5, 6, 8, 10, 12, 16], 256, 4, 8
-    sides = [v for v in sides if v <= d]
-    out = [(1, 1)]
-    for a in sides:
-        for b in sides:
-            lo, hi = min(a, b), max(a, b)
-            if (a, b) != (1, 1) and a * b <= area and (hi <= aspect * lo or (lo <= 2 and hi <= thin_aspect * lo)):
-                out.append((a, b))
-    big, q = [], d
-    while q > max(sides):
-        big.append(q)
-        q //= 2
-    out += [(q, q) for q in sorted(big)]
-    out += [(0, 1), (1, 0)]
-    return np.asarray(out, np.int32)
+    if not ok:
+        raise PipelineError(f"candidates must be 'default', 'paper' or a list of valid [bh, bw] pairs, got {c!r}")
 
 
 def _candidates_for(cfg: "PipelineConfig", model, input_shape) -> dict | None:
     """``{layer: [n, 2]}`` for :func:`jaxmpc.distortion.profile_distortion` (``None``: its defaults)."""
+    from jaxmpc import blocks
     from jaxmpc import nn as jnn
 
     if isinstance(cfg.candidates, str) and cfg.candidates == "default":
@@ -229,49 +202,108 @@ def _candidates_for(cfg: "PipelineConfig", model, input_shape) -> dict | None:
     out = {}
     for name, (h, w, _) in jnn.relu_layers(model, tuple(input_shape)):
         if isinstance(cfg.candidates, str):
-            out[name] = paper_candidates(h, w)
+            out[name] = blocks.candidate_list(cfg.candidates, h, w)
         else:
-            arr = np.asarray(cfg.candidates, np.int32)
-            keep = [s for s in arr if (s[0] == 0 or s[1] == 0) or (s[0] <= h and s[1] <= w)]
-            if not any(tuple(s) == (1, 1) for s in keep):
-                keep.insert(0, np.array([1, 1], np.int32))
-            out[name] = np.asarray(keep, np.int32)
+            out[name] = blocks.fit_candidates(cfg.candidates, h, w)
     return out
 
 
+BUDGET_UNITS = ("fraction", "drelus")
+
+
+def check_budget(budget) -> int | float:
+    """A budget in its one internal form: a float fraction in ``(0, 1]`` or an int DReLU count >= 1.
+
+    The type carries the unit: floats (Python or numpy) are fractions of the all-ReLU count,
+    ints are counts. So ``1.0`` is 100% and ``1`` is one DReLU; a float above 1 (``2.7``, or
+    ``5000.0`` meant as a count) is refused rather than guessed.
+
+    Raises:
+      PipelineError: for a bool, a non-number, NaN, infinity, zero or a negative value, a float
+        above 1, or an int below 1.
+    """
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise PipelineError(f"a budget must be a fraction in (0, 1] (float) or a DReLU count (int), got {budget!r}")
+    if isinstance(budget, (int, np.integer)):
+        if budget < 1:
+            raise PipelineError(f"a DReLU-count budget must be at least 1, got {budget!r}")
+        return int(budget)
+    b = float(budget)
+    if not np.isfinite(b) or b <= 0:
+        raise PipelineError(f"a budget must be a positive, finite fraction in (0, 1], got {budget!r}")
+    if b > 1:
+        raise PipelineError(f"a float budget is a fraction of the all-ReLU count in (0, 1], got {budget!r}; "
+                            f"give a DReLU count as an int (e.g. {int(b)}) or a fraction (e.g. 0.06 for 6%)")
+    return b
+
+
+def parse_budget(text: str, unit: str = "fraction") -> int | float:
+    """Parses a budget as written on the command line (``--budget`` / ``--budget-unit``).
+
+    With ``unit="fraction"`` (the default): ``"6%"`` (a percentage in ``(0, 100]``) or a plain
+    number in ``(0, 1]`` (``"0.06"``; ``"1"`` and ``"1.0"`` mean 100%). With ``unit="drelus"``: a
+    whole number of DReLUs (``"5000"``). Anything else -- a plain number above 1 without the
+    ``drelus`` unit, a fractional count such as ``"2.7"``, a percentage with the ``drelus`` unit,
+    ``inf``, ``nan``, zero or a negative value -- is refused.
+
+    Returns:
+      a float fraction or an int count (see :func:`check_budget`).
+
+    Raises:
+      PipelineError: one line saying what was wrong and what is accepted.
+    """
+    if unit not in BUDGET_UNITS:
+        raise PipelineError(f"budget unit must be one of {', '.join(BUDGET_UNITS)}, got {unit!r}")
+    t = str(text).strip()
+    if unit == "drelus":
+        if t.endswith("%"):
+            raise PipelineError(f"budget {text!r} is a percentage but --budget-unit is drelus; drop one of them")
+        if not t.isdigit():
+            raise PipelineError(f"with --budget-unit drelus the budget is a whole number of DReLUs >= 1, got {text!r}")
+        return check_budget(int(t))
+    percent = t.endswith("%")
+    num = t[:-1].strip() if percent else t
+    try:
+        v = float(num)
+    except ValueError:
+        raise PipelineError(f"budget must be a percentage like 6%, a fraction like 0.06, or a DReLU count with "
+                            f"--budget-unit drelus, got {text!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise PipelineError(f"budget must be positive and finite, got {text!r}")
+    if percent:
+        if v > 100:
+            raise PipelineError(f"a percentage budget must lie in (0%, 100%], got {text!r}")
+        return check_budget(v / 100)
+    if v > 1:
+        raise PipelineError(f"budget {text!r} is ambiguous: a plain number is a fraction in (0, 1]; write "
+                            f"{t}% for a percentage or add --budget-unit drelus for a DReLU count")
+    return check_budget(v)
+
+
+def budget_drelus(budget, total: int) -> int:
+    """The DReLU count of ``budget`` (see :func:`check_budget`) for a model with ``total`` DReLUs:
+    ``floor(fraction * total)``, or the count itself."""
+    b = check_budget(budget)
+    return b if isinstance(b, int) else int(b * total)
+
+
 def budget_tag(budget) -> str:
-    if budget < 1:
-        return f"{budget * 100:g}pct"
-    return f"{int(budget)}drelus"
+    """The plan-tag part of a budget: ``10pct`` for 0.1, ``5000drelus`` for 5000."""
+    b = check_budget(budget)
+    return f"{b}drelus" if isinstance(b, int) else f"{b * 100:g}pct"
 
 
 def write_json(path, obj) -> None:
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=_json_default)
-    os.replace(tmp, path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    """Writes ``obj`` to ``path`` as JSON, atomically (creates the folder)."""
+    _io.write_json(path, obj)
 
 
 def read_json(path, what: str):
-    if not os.path.exists(path):
-        raise PipelineError(f"missing {what}: {path}")
+    """Reads a JSON file; a missing or malformed file is a :class:`PipelineError` naming ``what``."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise PipelineError(f"malformed {what} {path}: {e}") from e
+        return _io.read_json(path, what)
+    except (FileNotFoundError, _io.JSONFileError) as e:
+        raise PipelineError(str(e)) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +325,10 @@ class Workdir:
     def finetune(self, tag):
         return self.path("finetune", tag)
 
+    def finetune_seed(self, tag, seed: int):
+        """Run folder of finetuning seed ``seed`` (0: :meth:`finetune`)."""
+        return self.finetune(tag) if seed == 0 else self.path("finetune_seeds", tag, f"seed{seed}")
+
     def infer(self, tag):
         return self.path("infer", tag)
 
@@ -303,8 +339,8 @@ class Workdir:
         p = self.path("pipeline.json")
         if os.path.exists(p):
             old = PipelineConfig.from_json(read_json(p, "pipeline config")).to_json()  # fills new fields' defaults
-            norm = json.loads(json.dumps(cfg.to_json(), default=_json_default))
-            if json.loads(json.dumps(old, default=_json_default)) != norm:
+            norm = json.loads(_io.dumps_json(cfg.to_json()))
+            if json.loads(_io.dumps_json(old)) != norm:
                 raise PipelineError(f"{p} holds a different configuration; use another work folder or delete it")
         write_json(p, cfg.to_json())
 
@@ -447,10 +483,17 @@ def _all_relu_count(model, variables, shape) -> int:
 
 
 def plan_step(wd: Workdir, cfg: PipelineConfig, budget, method: str = "knapsack") -> dict:
-    """Plans a block spec at ``budget`` with ``method`` in {knapsack, uniform, random}."""
+    """Plans a block spec at ``budget`` with ``method`` in {knapsack, uniform, random}.
+
+    ``budget``: a float fraction of the all-ReLU count in ``(0, 1]`` or an int DReLU count
+    (:func:`check_budget`); both are checked before any file is read.
+    """
     from jaxmpc import blocks, distortion, knapsack
     from jaxmpc import nn as jnn
 
+    budget = check_budget(budget)
+    if method not in ("knapsack", "uniform", "random"):
+        raise PipelineError(f"unknown planning method {method!r}; expected knapsack, uniform or random")
     tag = f"{method}_{budget_tag(budget)}"
     spec_path = wd.plan(tag)
     summary_path = wd.path("plans", f"{tag}.summary.json")
@@ -462,7 +505,7 @@ def plan_step(wd: Workdir, cfg: PipelineConfig, budget, method: str = "knapsack"
     table = distortion.DistortionTable.load(table_path)
     layers = table.planner_layers()
     total = sum(lay.channels * lay.height * lay.width for lay in layers)
-    drelus = int(budget * total) if budget < 1 else int(budget)
+    drelus = budget_drelus(budget, total)
     if method == "knapsack":
         plan = knapsack.plan_block_sizes(layers, budget=drelus)
         spec = plan.spec
@@ -481,8 +524,10 @@ def plan_step(wd: Workdir, cfg: PipelineConfig, budget, method: str = "knapsack"
                else -1 for s in spec[lay.name]]
         dist += float(sum(lay.distortion[c, i] for c, i in enumerate(idx) if i >= 0))
     os.makedirs(os.path.dirname(spec_path), exist_ok=True)
-    jnn.save_spec(spec_path, spec, method=method, budget=float(budget), drelus=used, all_relu=total)
-    summary = {"tag": tag, "method": method, "budget": float(budget), "budget_drelus": drelus, "drelus": used,
+    unit = "drelus" if isinstance(budget, int) else "fraction"
+    jnn.save_spec(spec_path, spec, method=method, budget=budget, budget_unit=unit, drelus=used, all_relu=total)
+    summary = {"tag": tag, "method": method, "budget": budget, "budget_unit": unit, "budget_drelus": drelus,
+               "drelus": used,
                "all_relu_drelus": total, "ratio": used / total, "total_distortion": dist}
     write_json(summary_path, summary)
     return summary
@@ -514,8 +559,13 @@ def uniform_spec(layers, budget: int) -> dict:
     return spec
 
 
-def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool = True, dataset=None) -> dict:
-    """Finetunes the trained model with the Block ReLUs of ``plans/<tag>.json``."""
+def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool = True, dataset=None,
+                  seed: int = 0) -> dict:
+    """Finetunes the trained model with the Block ReLUs of ``plans/<tag>.json``.
+
+    ``seed`` > 0 repeats the finetuning with the preset's training seed plus ``seed`` (data order
+    and augmentation) into ``finetune_seeds/<tag>/seed<seed>/`` (:meth:`Workdir.finetune_seed`).
+    """
     from jaxmpc import nn as jnn
     from jaxmpc import train
 
@@ -525,14 +575,17 @@ def finetune_step(wd: Workdir, cfg: PipelineConfig, tag: str, *, progress: bool 
     if not os.path.exists(spec_file):
         raise PipelineError(f"missing block spec {spec_file} (run `jaxmpc plan` first)")
     model = _model(cfg, ds)
-    spec = jnn.load_spec(spec_file, model=model, variables=base)
+    spec = jnn.load_spec(spec_file, model=model, variables=base, input_shape=ds.info.input_shape)
     spec = getattr(spec, "layers", spec)
     before = train.evaluate(model, jnn.apply_spec(base, spec), ds.test, ds.info,
                             batch_size=_train_cfg(cfg, finetune=True).eval_batch_size)
-    res = train.finetune(_train_cfg(cfg, finetune=True, progress=progress), base, spec, wd.finetune(tag),
-                         dataset=ds, distill=cfg.distill)
-    out = {"tag": tag, "test": res.final.get("test", {}), "before_finetune": before}
-    write_json(os.path.join(wd.finetune(tag), "result.json"), out)
+    tc = _train_cfg(cfg, finetune=True, progress=progress)
+    if seed:
+        tc = tc.replace(seed=tc.seed + seed)
+    folder = wd.finetune_seed(tag, seed)
+    res = train.finetune(tc, base, spec, folder, dataset=ds, distill=cfg.distill)
+    out = {"tag": tag, "seed": tc.seed, "test": res.final.get("test", {}), "before_finetune": before}
+    write_json(os.path.join(folder, "result.json"), out)
     return out
 
 
@@ -652,16 +705,26 @@ def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int
 # report
 
 
-def report_step(wd: Workdir, *, plots: bool = True) -> dict:
-    """Collects every step's results into ``report/summary.{json,md}`` and plots."""
+def report_step(wd: Workdir, *, plots: bool = True, confidence: float = 0.95) -> dict:
+    """Collects every step's results into ``report/summary.{json,md}`` and plots.
+
+    Every accuracy comes with its uncertainty (:mod:`jaxmpc.stats`): a Wilson interval from the
+    number of test images (for the seed-mean accuracy), the mean and standard deviation over the
+    finetuning seeds found in ``finetune_seeds/`` (``run_demo``), and -- where per-image
+    predictions were saved (``finetune/<tag>/test_correct.json``, written by ``run_demo``) -- the
+    paired difference between the knapsack spec and each baseline at the same budget, with its
+    interval and a verdict.
+    """
     cfg = wd.config()
-    summary: dict[str, Any] = {"config": cfg.to_json(), "rows": []}
+    summary: dict[str, Any] = {"config": cfg.to_json(), "rows": [], "confidence": confidence}
     train_res = read_json(wd.path("train", "result.json"), "training result (run `jaxmpc train`)")
     seg = "miou" in train_res["test"]
-    summary["metric"] = "miou" if seg else "accuracy"
-    base_acc = train_res["test"].get(summary["metric"])
+    metric = summary["metric"] = "miou" if seg else "accuracy"
+    base_acc = train_res["test"].get(metric)
     all_relu = _maybe(wd.path("infer", "all_relu", "result.json"))
-    summary["all_relu"] = {"plaintext_accuracy": base_acc, "secure": all_relu}
+    summary["all_relu"] = {"plaintext_accuracy": base_acc, "secure": all_relu,
+                           "accuracy": _accuracy_stats([train_res["test"]], metric, confidence),
+                           "secure_interval": _secure_interval(all_relu, metric, confidence)}
     for budget in cfg.budgets:
         for method in (["knapsack", "uniform", "random"] if cfg.baselines else ["knapsack"]):
             tag = f"{method}_{budget_tag(budget)}"
@@ -670,15 +733,81 @@ def report_step(wd: Workdir, *, plots: bool = True) -> dict:
             inf = _maybe(os.path.join(wd.infer(tag), "result.json"))
             if plan is None:
                 continue
+            seeds = [ft] if ft else []
+            if ft:
+                k = 1
+                while (extra := _maybe(os.path.join(wd.finetune_seed(tag, k), "result.json"))) is not None:
+                    seeds.append(extra)
+                    k += 1
             summary["rows"].append({"tag": tag, "method": method, "budget": budget, "plan": plan,
-                                    "finetune": ft, "infer": inf})
+                                    "finetune": ft, "infer": inf,
+                                    "accuracy": _accuracy_stats([s["test"] for s in seeds], metric, confidence),
+                                    "secure_interval": _secure_interval(inf, metric, confidence)})
+    summary["comparisons"] = _comparisons(wd, summary["rows"], confidence)
     write_json(wd.path("report", "summary.json"), summary)
-    text = summary_table(summary)
-    with open(wd.path("report", "summary.md"), "w") as f:
-        f.write(text + "\n")
+    _io.atomic_write_text(wd.path("report", "summary.md"), summary_table(summary) + "\n")
     if plots:
         _plots(wd, summary)
     return summary
+
+
+def _accuracy_stats(tests: list, metric: str, confidence: float) -> dict | None:
+    """Mean, spread over seeds and (classification) Wilson interval of finetuned test metrics."""
+    from jaxmpc import stats
+
+    vals = [t.get(metric) for t in tests if t and t.get(metric) is not None]
+    if not vals:
+        return None
+    out = stats.seed_spread(vals)
+    n = tests[0].get("count")
+    out["n"] = int(n) if n else None
+    out["lo"] = out["hi"] = None
+    if metric == "accuracy" and n:
+        out["lo"], out["hi"] = stats.wilson_interval(out["mean"] * int(n), int(n), confidence)
+    return out
+
+
+def _secure_interval(inf: dict | None, metric: str, confidence: float):
+    from jaxmpc import stats
+
+    if not inf or metric != "accuracy" or inf.get("secure_accuracy") is None:
+        return None
+    n = int(inf["images"])
+    return list(stats.wilson_interval(inf["secure_accuracy"] * n, n, confidence))
+
+
+def _comparisons(wd: Workdir, rows: list, confidence: float) -> list:
+    """Knapsack minus each baseline at the same budget, paired on the same test images."""
+    from jaxmpc import stats
+
+    out = []
+    by = {(r["budget"], r["method"]): r for r in rows}
+    for (budget, method), row in by.items():
+        k = by.get((budget, "knapsack"))
+        if method == "knapsack" or k is None or not row["accuracy"] or not k["accuracy"]:
+            continue
+        c = {"budget": budget, "baseline": method, "knapsack_ratio": k["plan"]["ratio"],
+             "baseline_ratio": row["plan"]["ratio"], "knapsack_drelus": k["plan"]["drelus"],
+             "baseline_drelus": row["plan"]["drelus"],
+             "mean_diff": k["accuracy"]["mean"] - row["accuracy"]["mean"]}
+        ca = _maybe(os.path.join(wd.finetune(k["tag"]), "test_correct.json"))
+        cb = _maybe(os.path.join(wd.finetune(row["tag"]), "test_correct.json"))
+        if ca and cb and len(ca["correct"][0]) == len(cb["correct"][0]):
+            p = stats.paired_difference(np.asarray(ca["correct"], bool), np.asarray(cb["correct"], bool),
+                                        confidence)
+            c.update(paired=p)
+            per_seed = p.get("per_seed", [])
+            if p["lo"] > 0 and all(v > 0 for v in per_seed):
+                c["verdict"] = "knapsack better"
+            elif p["hi"] < 0 and all(v < 0 for v in per_seed):
+                c["verdict"] = f"{method} better"
+            else:
+                c["verdict"] = "within noise"
+        else:
+            c["paired"] = None
+            c["verdict"] = "no per-image predictions"
+        out.append(c)
+    return out
 
 
 def _maybe(path):
@@ -692,37 +821,84 @@ def _fmt_acc(v):
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def _fmt_ci(lo, hi):
+    return "" if lo is None or hi is None else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def _fmt_spread(st):
+    if not st or st.get("sd") is None:
+        return "- (1)" if st else "-"
+    return f"±{100 * st['sd']:.2f} ({st['seeds']})"
+
+
 def summary_table(summary: dict) -> str:
-    """The demo's one table: accuracies (segmentation: mIoU), DReLUs, bytes and rounds per image, time."""
+    """The demo's tables: accuracies with intervals and seed spread (segmentation: mIoU), DReLUs,
+    bytes and rounds per image, time; then the knapsack against each baseline at equal budget."""
     metric = summary.get("metric", "accuracy")
     sec_key = "secure_miou" if metric == "miou" else "secure_accuracy"
     name = "mIoU" if metric == "miou" else "acc"
-    hdr = (f"| model | DReLUs/image | plaintext {name} % | before finetune % | secure {name} % | secure = plaintext | "
-           "MB/image (online) | rounds | s/image |")
-    lines = [hdr, "|" + "---|" * 9]
+    conf = int(round(100 * summary.get("confidence", 0.95)))
+    ci = f" [{conf}% CI]" if metric == "accuracy" else ""
+    hdr = (f"| model | DReLUs/image | plaintext {name} %{ci} | sd over seeds (n) | before finetune % | "
+           f"secure {name} %{ci} | secure = plaintext | MB/image (online) | rounds | s/image |")
+    lines = [hdr, "|" + "---|" * 10]
     ar = summary["all_relu"]
+    st = ar.get("accuracy") or {}
     sec = ar.get("secure")
+    sec_ci = ar.get("secure_interval") or (None, None)
+    plain = f"{_fmt_acc(ar['plaintext_accuracy'])}{_fmt_ci(st.get('lo'), st.get('hi'))}"
     if sec:
         pi = sec["per_image"]
-        lines.append(f"| all-ReLU | {pi['drelus']:,} | {_fmt_acc(ar['plaintext_accuracy'])} | - | "
-                     f"{_fmt_acc(sec.get(sec_key))} | {sec['same_predictions']}/{sec['images']} | "
+        lines.append(f"| all-ReLU | {pi['drelus']:,} | {plain} | - | - | "
+                     f"{_fmt_acc(sec.get(sec_key))}{_fmt_ci(*sec_ci)} | {sec['same_predictions']}/{sec['images']} | "
                      f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
                      f"{sec['seconds_per_image']:.3f} |")
     else:
-        lines.append(f"| all-ReLU | - | {_fmt_acc(ar['plaintext_accuracy'])} | - | - | - | - | - | - |")
+        lines.append(f"| all-ReLU | - | {plain} | - | - | - | - | - | - | - |")
     for row in summary["rows"]:
         ft, inf, plan = row["finetune"] or {}, row["infer"], row["plan"]
-        acc = ft.get("test", {}).get(metric)
+        st = row.get("accuracy") or {}
+        acc = st.get("mean", ft.get("test", {}).get(metric))
         before = (ft.get("before_finetune") or {}).get(metric)
         if inf:
             pi = inf["per_image"]
-            cells = (f"{_fmt_acc(inf.get(sec_key))} | {inf['same_predictions']}/{inf['images']} | "
+            sec_ci = row.get("secure_interval") or (None, None)
+            cells = (f"{_fmt_acc(inf.get(sec_key))}{_fmt_ci(*sec_ci)} | {inf['same_predictions']}/{inf['images']} | "
                      f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
                      f"{inf['seconds_per_image']:.3f}")
         else:
             cells = "- | - | - | - | -"
         lines.append(f"| {row['method']} @ {row['budget']:g} ({100 * plan['ratio']:.1f}%) | {plan['drelus']:,} | "
-                     f"{_fmt_acc(acc)} | {_fmt_acc(before)} | {cells} |")
+                     f"{_fmt_acc(acc)}{_fmt_ci(st.get('lo'), st.get('hi'))} | {_fmt_spread(st or None)} | "
+                     f"{_fmt_acc(before)} | {cells} |")
+    n = (ar.get("accuracy") or {}).get("n")
+    if metric == "accuracy":
+        lines.append("")
+        lines.append(f"Plaintext accuracy on {n or '?'} test images: mean over the finetuning seeds, with its {conf}% "
+                     "Wilson interval over the test images; sd: standard deviation over the seeds (their number "
+                     "in brackets). Secure accuracy: one run, on the images of its `secure = plaintext` column.")
+    comps = summary.get("comparisons") or []
+    if comps:
+        lines += ["", f"Knapsack against the baselines at the same budget (paired on the same test images, "
+                  f"{conf}% CI):",
+                  "", "| budget | baseline | DReLUs knapsack / baseline | knapsack - baseline, points [CI] | "
+                  "per seed | discordant images | verdict |", "|" + "---|" * 7]
+        for c in comps:
+            p = c.get("paired")
+            if p:
+                diff = f"{100 * p['diff']:+.2f} [{100 * p['lo']:+.1f}, {100 * p['hi']:+.1f}]"
+                seeds = ", ".join(f"{100 * v:+.1f}" for v in p.get("per_seed", [])) or "-"
+                disc = f"{p['discordant']}/{p['n']}"
+            else:
+                diff, seeds, disc = f"{100 * c['mean_diff']:+.2f}", "-", "-"
+            verdict = c["verdict"]
+            if c["baseline_drelus"] < 0.95 * c["knapsack_drelus"]:
+                verdict += (f" (unequal budget: {c['baseline']} uses only {100 * c['baseline_ratio']:.1f}% "
+                            f"against {100 * c['knapsack_ratio']:.1f}%)")
+            lines.append(f"| {c['budget']:g} | {c['baseline']} | {c['knapsack_drelus']:,} / {c['baseline_drelus']:,} | "
+                         f"{diff} | {seeds} | {disc} | {verdict} |")
+        lines += ["", "Verdict: 'knapsack better' when the interval lies above 0 and every seed's difference is "
+                  "positive; 'within noise' otherwise (the interval covers 0 or the seeds disagree)."]
     return "\n".join(lines)
 
 
@@ -732,23 +908,45 @@ def _plots(wd: Workdir, summary: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summary["rows"] if r["finetune"]]
+    rows = [r for r in summary["rows"] if r["finetune"] and r.get("accuracy")]
+    metric = summary.get("metric", "accuracy")
     if rows:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for method, marker in (("knapsack", "o"), ("uniform", "s"), ("random", "^")):
-            pts = sorted((r["plan"]["ratio"] * 100, 100 * r["finetune"]["test"][summary.get("metric", "accuracy")])
-                         for r in rows if r["method"] == method)
-            if pts:
-                ax.plot(*zip(*pts), marker=marker, label=method)
-        base = summary["all_relu"]["plaintext_accuracy"]
-        if base is not None:
-            ax.axhline(100 * base, color="k", ls="--", lw=1, label="all-ReLU")
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        span = max(r["plan"]["ratio"] for r in rows) * 100
+        for i, (method, marker) in enumerate((("knapsack", "o"), ("uniform", "s"), ("random", "^"))):
+            rs = sorted((r for r in rows if r["method"] == method), key=lambda r: r["plan"]["ratio"])
+            if not rs:
+                continue
+            dx = (i - 1) * 0.012 * span  # side by side, so the intervals do not hide each other
+            x = np.array([100 * r["plan"]["ratio"] + dx for r in rs])
+            y = np.array([100 * r["accuracy"]["mean"] for r in rs])
+            line = ax.plot(x, y, marker=marker, label=method)[0]
+            if all(r["accuracy"]["lo"] is not None for r in rs):
+                lo = y - np.array([100 * r["accuracy"]["lo"] for r in rs])
+                hi = np.array([100 * r["accuracy"]["hi"] for r in rs]) - y
+                ax.errorbar(x, y, yerr=[lo, hi], fmt="none", ecolor=line.get_color(), capsize=3, lw=1)
+            for xi, r in zip(x, rs):
+                vals = r["accuracy"]["values"]
+                if len(vals) > 1:
+                    ax.scatter([xi] * len(vals), 100 * np.asarray(vals), s=9, color=line.get_color(), alpha=0.45,
+                               zorder=3)
+        base = summary["all_relu"].get("accuracy") or {}
+        if base:
+            ax.axhline(100 * base["mean"], color="k", ls="--", lw=1, label="all-ReLU")
+            if base.get("lo") is not None:
+                ax.axhspan(100 * base["lo"], 100 * base["hi"], color="k", alpha=0.07, lw=0)
         ax.set_xlabel("DReLU budget (% of all-ReLU)")
-        ax.set_ylabel(f"test {'mIoU' if summary.get('metric') == 'miou' else 'accuracy'} after finetuning (%)")
+        unit = "mIoU" if metric == "miou" else "accuracy"
+        ax.set_ylabel(f"test {unit} after finetuning (%)")
+        n = base.get("n")
+        conf = int(round(100 * summary.get("confidence", 0.95)))
+        if metric == "accuracy" and n:
+            ax.set_title(f"mean over seeds (dots: each seed); bars: {conf}% Wilson CI, {n} test images", fontsize=8)
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        fig.savefig(wd.path("report", "accuracy_vs_budget.png"), dpi=120)
+        with _io.atomic_open(wd.path("report", "accuracy_vs_budget.png"), "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
     reports = []
     for tag in ["all_relu"] + [r["tag"] for r in summary["rows"] if r["method"] == "knapsack"]:
@@ -776,7 +974,8 @@ def _plots(wd: Workdir, summary: dict) -> None:
                          f"{tot['rounds']} rounds")
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(wd.path("report", "communication.png"), dpi=120)
+        with _io.atomic_open(wd.path("report", "communication.png"), "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
 
 
@@ -784,13 +983,57 @@ def _plots(wd: Workdir, summary: dict) -> None:
 # everything
 
 
+def test_correct_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, dataset=None) -> dict | None:
+    """Per-image correctness of a finetuned spec (every finetuning seed) or, for ``tag=None``, of
+    the trained all-ReLU model, on the whole test split; written to
+    ``finetune/<tag>/test_correct.json`` (``train/test_correct.json``) for the report's paired
+    comparisons. Classification only (returns ``None`` for segmentation)."""
+    import jax
+
+    from jaxmpc import train
+
+    ds = _dataset(cfg, dataset)
+    if ds.info.task != "classification":
+        return None
+    folders = [wd.train] if tag is None else [wd.finetune(tag)]
+    if tag is not None:
+        k = 1
+        while os.path.exists(os.path.join(wd.finetune_seed(tag, k), "result.json")):
+            folders.append(wd.finetune_seed(tag, k))
+            k += 1
+    model = _model(cfg, ds)
+    apply = jax.jit(lambda v, a: model.apply(v, a))
+    bs = _train_cfg(cfg, finetune=True).eval_batch_size
+    n = len(ds.test)
+    labels = np.asarray(ds.test.get(np.arange(n))["label"])
+    correct, seeds = [], []
+    for folder in folders:
+        try:
+            variables, _ = train.load_variables(folder)
+        except FileNotFoundError as e:
+            raise PipelineError(f"missing model {folder}: {e}") from e
+        preds = []
+        for i in range(0, n, bs):
+            xb = ds.test.get(np.arange(i, min(i + bs, n)))["image"]
+            preds.append(np.argmax(np.asarray(apply(variables, xb)), -1))
+        correct.append((np.concatenate(preds) == labels).astype(int).tolist())
+        res = _maybe(os.path.join(folder, "result.json")) or {}
+        seeds.append(res.get("seed"))
+    out = {"tag": tag or "all_relu", "n": n, "seeds": seeds, "accuracy": [float(np.mean(c)) for c in correct],
+           "correct": correct}
+    write_json(os.path.join(folders[0], "test_correct.json"), out)
+    return out
+
+
 def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool = True, log=print,
              dataset=None) -> dict:
     """train -> profile -> plan -> finetune -> secure inference -> report, on ``cfg`` (resumable).
 
     A baseline that cannot be planned at a budget (the uniform baseline needs at least one DReLU
-    per channel) is skipped with a note. ``dataset`` replaces the preset's dataset (see the
-    module docstring).
+    per channel) is skipped with a note. Every spec is finetuned with ``cfg.finetune_seeds``
+    seeds and its per-image test predictions are saved, so the report can give every accuracy
+    with its interval and seed spread and compare the knapsack with the baselines on the same
+    images. ``dataset`` replaces the preset's dataset (see the module docstring).
     """
     cfg = cfg or PipelineConfig()
     wd = Workdir(os.fspath(workdir))
@@ -816,10 +1059,19 @@ def run_demo(workdir: str, cfg: PipelineConfig | None = None, *, progress: bool 
                 log(f"      skipped the {m} baseline at budget {b:g}: {e}")
                 continue
             tags.append(s["tag"])
-    log(f"[4/6] finetune {len(tags)} specs")
+    seeds = cfg.finetune_seeds
+    log(f"[4/6] finetune {len(tags)} specs" + (f", {seeds} seeds each" if seeds > 1 else ""))
     for tag in tags:
-        if not os.path.exists(os.path.join(wd.finetune(tag), "result.json")):
-            finetune_step(wd, cfg, tag, progress=progress, dataset=dataset)
+        fresh = False
+        for k in range(seeds):
+            if not os.path.exists(os.path.join(wd.finetune_seed(tag, k), "result.json")):
+                finetune_step(wd, cfg, tag, progress=progress, dataset=dataset, seed=k)
+                fresh = True
+        done = _maybe(os.path.join(wd.finetune(tag), "test_correct.json"))
+        if fresh or done is None or len(done["correct"]) != seeds:
+            test_correct_step(wd, cfg, tag, dataset=dataset)
+    if not os.path.exists(os.path.join(wd.train, "test_correct.json")):
+        test_correct_step(wd, cfg, None, dataset=dataset)
     which = "all specs" if cfg.infer_baselines else "knapsack specs"
     log(f"[5/6] secure inference (all-ReLU and {which})")
     if not os.path.exists(os.path.join(wd.infer("all_relu"), "result.json")):

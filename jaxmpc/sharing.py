@@ -16,7 +16,7 @@ from jaxmpc.parties import C_S, CLIENT, SERVER, Party
 from jaxmpc.ring import RING64
 from jaxmpc.runtime import Held, Runtime
 
-__all__ = ["Shared", "share", "share_private", "reveal", "open_shared", "rerandomize", "shared_from_shares", "local_map"]
+__all__ = ["Shared", "share", "reveal", "local_map"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -79,10 +79,6 @@ def _unflatten(aux, leaves):
 jax.tree_util.register_pytree_node(Shared, _flatten, _unflatten)
 
 
-def shared_from_shares(rt: Runtime, c: Held, s: Held, ring=RING64, scale: int = 0) -> Shared:
-    return Shared(c, s, ring, scale, rt)
-
-
 def share(rt: Runtime, x: Held, owner: Party = CLIENT, *, ring=RING64, scale: int = 0, name: str = "share") -> Shared:
     """Secret-shares a ring tensor held by the client or the server, with no communication.
 
@@ -99,11 +95,6 @@ def share(rt: Runtime, x: Held, owner: Party = CLIENT, *, ring=RING64, scale: in
     return Shared(c, s, ring, scale, rt)
 
 
-def share_private(rt: Runtime, x: Held, owner: Party, *, ring=RING64, scale: int = 0, name: str = "share") -> Shared:
-    """Alias of :func:`share` for input-independent private values (e.g. weights)."""
-    return share(rt, x, owner, ring=ring, scale=scale, name=name)
-
-
 def reveal(x: Shared, to: Party = CLIENT) -> Held:
     """Opens ``x`` to one party: the other party sends its share (``x.size`` ring elements)."""
     rt = x.rt
@@ -116,24 +107,6 @@ def reveal(x: Shared, to: Party = CLIENT) -> Held:
             c = rt.send(CLIENT, SERVER, x.c, x.ring)
             return rt.local(SERVER, x.ring.add, c, x.s)
     raise ValueError("outputs are revealed to the client or the server")
-
-
-def open_shared(x: Shared, kind: str | None = None) -> Held:
-    """Opens ``x`` to both the client and the server (each sends its share to the other)."""
-    rt = x.rt
-    with rt.scope("open", kind=kind):
-        c = rt.send(CLIENT, SERVER, x.c, x.ring)
-        s = rt.send(SERVER, CLIENT, x.s, x.ring)
-        return rt.local(C_S, x.ring.add, c, s)
-
-
-def rerandomize(x: Shared, name: str = "rerandomize") -> Shared:
-    """Adds a fresh sharing of zero (client ``+r``, server ``-r``; no communication)."""
-    rt = x.rt
-    r = rt.random(C_S, x.ring, x.shape, name)
-    c = rt.local(CLIENT, x.ring.add, x.c, r)
-    s = rt.local(SERVER, x.ring.sub, x.s, r)
-    return x.replace(c=c, s=s)
 
 
 def local_map(x: Shared, fn, *, ring=None, scale: int | None = None) -> Shared:

@@ -14,7 +14,7 @@ from jaxmpc import pipeline as pl
 def demo(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("demo"))
     cfg = pl.PipelineConfig(budgets=(0.1,), overrides={"num_epochs": 3}, finetune_overrides={"num_epochs": 1},
-                            profile_samples=16, infer_images=8)
+                            profile_samples=16, infer_images=8, finetune_seeds=2)
     summary = pl.run_demo(wd, cfg, progress=False, log=lambda *a: None)
     return wd, summary
 
@@ -35,6 +35,16 @@ def test_reduced_demo_end_to_end(demo):
     assert allr["per_image"]["bytes"] > inf["per_image"]["bytes"]
     text = open(os.path.join(wd, "report", "summary.md")).read()
     assert "knapsack" in text and "all-ReLU" in text
+    # every accuracy carries its interval and seed spread; the knapsack is compared on the same images
+    acc, n_test = k["accuracy"], summary["all_relu"]["accuracy"]["n"]
+    assert acc["seeds"] == 2 and len(acc["values"]) == 2 and acc["lo"] <= acc["mean"] <= acc["hi"]
+    assert os.path.exists(os.path.join(wd, "finetune_seeds", "knapsack_10pct", "seed1", "result.json"))
+    saved = json.load(open(os.path.join(wd, "finetune", "knapsack_10pct", "test_correct.json")))
+    assert len(saved["correct"]) == 2 and len(saved["correct"][0]) == n_test
+    assert saved["accuracy"] == pytest.approx(acc["values"], abs=1e-6)  # the same evaluation as training's
+    comps = {c["baseline"]: c for c in summary["comparisons"]}
+    assert set(comps) == {"uniform", "random"} and all(c["paired"]["n"] == n_test for c in comps.values())
+    assert "[95% CI]" in text and "paired" in text
     # rerunning is idempotent and cheap (everything is reused)
     assert cli.main(["report", "--workdir", wd]) == 0
 

@@ -196,19 +196,45 @@ def test_save_load_round_trip(tmp_path, small):
         assert all(np.array_equal(checked[n], spec[n]) for n in spec)
 
 
-def test_partial_spec_file_fills_relus(tmp_path, small):
+def test_partial_spec_file_is_refused_unless_strict_false(tmp_path, small):
     model, variables, layers = small
     name, (_, _, c) = layers[2]
     path = tmp_path / "partial.json"
     save_spec(path, {name: np.tile([2, 2], (c, 1))})
-    loaded = load_spec(path, variables=variables)
+    for kwargs in ({"variables": variables}, {"model": model, "input_shape": SHAPE}, {"variables": variables,
+                                                                                     "strict": True}):
+        with pytest.raises(SpecError, match="partial.json: missing layer '.*' \\(6 missing in total"):
+            load_spec(path, **kwargs)
+    loaded = load_spec(path, variables=variables, strict=False)
     assert sorted(loaded) == sorted(n for n, _ in layers)
-    assert list(load_spec(path, model=model, input_shape=SHAPE)) == [n for n, _ in layers]  # model order
+    assert list(load_spec(path, model=model, input_shape=SHAPE, strict=False)) == [n for n, _ in layers]
     assert all(np.all(loaded[n] == 1) for n, _ in layers if n != name)
-    with pytest.raises(SpecError, match="missing layer '.*' \\(6 missing in total"):
-        load_spec(path, variables=variables, strict=True)
+    assert sorted(load_spec(path)) == [name]  # on its own the file is returned as written
     with pytest.raises(ValueError, match="input_shape"):
-        load_spec(path, model=model)  # no input shape in the file or the call
+        load_spec(path, model=model, strict=False)  # no input shape in the file or the call
+
+
+def test_patch_larger_than_the_map_is_refused(tmp_path, small):
+    model, variables, layers = small
+    spec = a_spec(layers)
+    name, (h, w, c) = layers[3]
+    spec[name] = np.array(spec[name])
+    spec[name][5] = (10**6, 1)
+    path = tmp_path / "big.json"
+    save_spec(path, spec, input_shape=SHAPE)
+    msg = f"layer '{name}': channel 5 has patch size \\(1000000, 1\\), larger than the layer's {h}x{w}"
+    with pytest.raises(SpecError, match=msg):
+        load_spec(path, model=model)  # the file's input shape
+    with pytest.raises(SpecError, match=msg):
+        load_spec(path, model=model, variables=variables)
+    with pytest.raises(SpecError, match=msg):
+        count_drelus(model, spec, SHAPE)
+    with pytest.raises(SpecError, match=msg):
+        check_spec(spec, layers)
+    spec[name][5] = (h, w)  # the whole map is fine; so are identity and zero
+    check_spec(spec, layers)
+    # without map sizes (variables only) the channels are checked, not the map
+    assert load_spec(path, variables=variables)[name][5].tolist() == [10**6, 1]
 
 
 def test_empty_spec_file(tmp_path):

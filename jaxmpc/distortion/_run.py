@@ -33,7 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from jaxmpc.distortion._table import DistortionTable, LayerDistortion, TableError, atomic_write_bytes
+from jaxmpc._io import JSONFileError, atomic_write_bytes, atomic_write_text, read_json
+from jaxmpc.distortion._table import DistortionTable, LayerDistortion, TableError
 
 RUN_FORMAT = "jaxmpc-distortion-run"
 RUN_VERSION = 1
@@ -156,12 +157,11 @@ def _manifest_text(manifest: dict) -> str:
 def read_manifest(run_dir: str | os.PathLike) -> dict:
     path = os.path.join(os.fspath(run_dir), "manifest.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            man = json.load(f)
+        man = read_json(path, "distortion run manifest")
     except FileNotFoundError:
         raise RunError(f"{run_dir}: not a distortion run folder (no manifest.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: unreadable manifest ({e})") from e
+    except JSONFileError as e:
+        raise RunError(str(e)) from e
     if not isinstance(man, dict) or man.get("format") != RUN_FORMAT:
         raise RunError(f"{path}: not a jaxmpc distortion run manifest")
     if man.get("version") != RUN_VERSION:
@@ -191,7 +191,7 @@ def open_run(run_dir: str | os.PathLike, manifest: dict) -> None:
             if old.get(key) != manifest[key]:
                 raise RunError(f"{run_dir}: the run's {key} differ from this call's (other pairs_per_item?)")
         return
-    atomic_write_bytes(path, _manifest_text(manifest).encode("utf-8"))
+    atomic_write_text(path, _manifest_text(manifest))
 
 
 def item_path(run_dir: str | os.PathLike, item: Item) -> str:

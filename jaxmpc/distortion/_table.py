@@ -25,13 +25,13 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from jaxmpc import blocks
+from jaxmpc._io import atomic_write_bytes, dumps_json
 
 __all__ = ["DISTORTION_FORMAT", "DISTORTION_VERSION", "DistortionTable", "LayerDistortion", "TableError"]
 
@@ -148,7 +148,7 @@ class DistortionTable:
             if not isinstance(layer, LayerDistortion):
                 raise TableError(f"layers must be LayerDistortion objects, got {type(layer).__name__}")
         try:
-            meta = json.loads(json.dumps(dict(self.meta), default=_json_default, allow_nan=False))
+            meta = json.loads(dumps_json(dict(self.meta), indent=None, allow_nan=False))
         except (TypeError, ValueError) as e:
             raise TableError(f"meta must be JSON-serialisable: {e}") from e
         object.__setattr__(self, "layers", layers)
@@ -292,32 +292,3 @@ class DistortionTable:
             except TableError as e:
                 raise TableError(f"{path}: {e}") from e
         return cls(tuple(layers), header.get("meta", {}))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    raise TypeError(f"value of type {type(obj).__name__} is not JSON-serialisable")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

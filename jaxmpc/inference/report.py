@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections import OrderedDict
 
+from jaxmpc._io import atomic_write_text
 from jaxmpc.comm import CommRecord
 from jaxmpc.parties import LINKS
 
@@ -159,13 +159,7 @@ class SecureReport:
         """The report as JSON; written atomically to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=kw.pop("indent", 1), **kw)
         if path is not None:
-            path = os.fspath(path)
-            d = os.path.dirname(os.path.abspath(path))
-            os.makedirs(d, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=d, prefix=".report-", suffix=".json")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text, makedirs=True)
         return text
 
     def table(self, max_rows: int | None = None) -> str:

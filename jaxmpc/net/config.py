@@ -45,6 +45,7 @@ import json
 import os
 import tomllib
 
+from jaxmpc._io import JSONFileError, atomic_write_text, read_json
 from jaxmpc.config import ProtocolConfig
 from jaxmpc.parties import PARTIES, Party
 from jaxmpc.net.pki import ROLE_NAMES
@@ -244,10 +245,9 @@ def parse_config(data: dict, *, base_dir: str = ".", path: str | None = None) ->
     if "config" in model_t:
         cfg_path = _path(base_dir, model_t["config"], f"{w} config")
         try:
-            with open(cfg_path) as f:
-                run_cfg = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{w} config: cannot read {cfg_path}: {e}") from None
+            run_cfg = read_json(cfg_path, "run config")
+        except (OSError, JSONFileError) as e:
+            raise ConfigError(f"{w} config: {e}") from None
         preset = run_cfg.get("model")
         kwargs = dict(run_cfg.get("model_kwargs") or {})
     if "preset" in model_t:
@@ -338,9 +338,4 @@ def write_config(path: str | os.PathLike, sections: dict) -> str:
         lines.append(f"[{name}]")
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
         lines.append("")
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines))

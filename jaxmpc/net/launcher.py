@@ -265,9 +265,9 @@ def launch_local(*, model: dict, weights, inputs, output=None, protocol: dict | 
         if workdir is not None:
             report["workdir"] = tmp
         if output is not None:
-            from jaxmpc.net.party import write_json_atomic
+            from jaxmpc._io import write_json
 
-            write_json_atomic(os.fspath(output), report)
+            write_json(output, report)
         return report
     finally:
         for r, (pr, logf) in procs.items():

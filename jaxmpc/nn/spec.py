@@ -7,10 +7,20 @@ arXiv 2304.10442, §3-§4; ``paper_reference.md`` §4.3). The layer names are th
 module paths of the model's :class:`~jaxmpc.nn.BlockReLU` layers, i.e. the key paths of the
 ``"sizes"`` leaves of ``variables["block_sizes"]`` without the trailing ``"sizes"``.
 
-**Completeness rule.** A layer that a spec does not mention is an ordinary ReLU (all
-``(1, 1)``): the exact, most expensive choice, never a silently cheaper or less accurate one.
-Pass ``strict=True`` to require every layer instead. Unknown layers, wrong channel counts and
-invalid sizes are always errors.
+**Completeness rule.** In memory (:func:`check_spec`, :func:`apply_spec`,
+:func:`count_drelus`), a layer that a spec does not mention is an ordinary ReLU (all ``(1, 1)``):
+the exact, most expensive choice, never a silently cheaper or less accurate one (``{}`` is the
+all-ReLU model); pass ``strict=True`` to require every layer instead. A spec *file* checked
+against a model (:func:`load_spec` with ``variables`` or ``model``) must name every ReLU layer
+of the model: a missing layer is refused unless the caller passes ``strict=False``. Unknown
+layers, wrong channel counts and invalid sizes are always errors.
+
+**Patch sizes larger than the map are refused** wherever the layers' map sizes are known
+(a check against :func:`relu_layers`, i.e. :func:`count_drelus`, and :func:`load_spec` with a
+``model`` and an input shape): ``bh > H`` or ``bw > W`` is a :class:`SpecError` naming the layer,
+the channel and the map, not clamped. (Such a patch would act as ``min(bh, H) x min(bw, W)``; a
+spec that holds one was made for another input size or is corrupt.) A check against
+``variables`` alone knows the channel counts but not the map sizes.
 
 **File format** (version 1), UTF-8 JSON, one layer per line so that files diff well::
 
@@ -35,7 +45,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -45,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmpc import blocks
+from jaxmpc._io import atomic_write_text, dumps_json
 from jaxmpc.nn.block_relu import BLOCK_SIZES_COLLECTION, BlockReLU
 
 __all__ = [
@@ -183,6 +193,31 @@ def _is_variables(obj: Any) -> bool:
 # Validation
 
 
+def _maps_of(reference: Any) -> dict[str, tuple[int, int]] | None:
+    """``{layer name: (H, W)}`` when ``reference`` is a :func:`relu_layers` list, else ``None``."""
+    if isinstance(reference, Mapping):
+        return None
+    out = {}
+    for name, shape in reference:
+        if len(shape) != 3:
+            return None
+        out[name] = (int(shape[0]), int(shape[1]))
+    return out
+
+
+def _check_fits_map(sizes: np.ndarray, hw: tuple[int, int], where: str) -> None:
+    h, w = hw
+    too_big = blocks.is_patch(sizes) & ((sizes[:, 0] > h) | (sizes[:, 1] > w))
+    if np.any(too_big):
+        c = int(np.flatnonzero(too_big)[0])
+        bh, bw = (int(v) for v in sizes[c])
+        raise SpecError(
+            f"{where}: channel {c} has patch size ({bh}, {bw}), larger than the layer's {h}x{w} activation map "
+            f"({int(np.sum(too_big))} such channels); a patch can be at most ({h}, {w}) (was the spec made for "
+            "another input size?)"
+        )
+
+
 def _channels_of(reference: Any) -> dict[str, int]:
     """Accepts ``variables``, a ``relu_layers`` list or a ``{name: C}`` mapping."""
     if isinstance(reference, Mapping):
@@ -200,7 +235,8 @@ def check_spec(spec: Mapping[str, Any], reference: Any, *, strict: bool = False,
     Args:
       spec: ``{layer name: [C, 2] sizes}``.
       reference: the model's layers: full ``variables`` (with ``"block_sizes"``), the list from
-        :func:`relu_layers`, or ``{layer name: channels}``.
+        :func:`relu_layers` (then patch sizes must also fit each layer's map), or
+        ``{layer name: channels}``.
       strict: require every layer; otherwise missing layers become all ``(1, 1)`` (ReLU).
       source: how errors refer to the spec (e.g. a file name).
 
@@ -209,11 +245,13 @@ def check_spec(spec: Mapping[str, Any], reference: Any, *, strict: bool = False,
 
     Raises:
       SpecError: naming the layer, for an unknown layer (with close matches), a missing layer
-        under ``strict``, a wrong channel count or shape, or an invalid patch size.
+        under ``strict``, a wrong channel count or shape, an invalid patch size, or (against a
+        :func:`relu_layers` list) a patch larger than the layer's map.
     """
     if not isinstance(spec, Mapping):
         raise SpecError(f"{source}: expected a mapping from layer name to [C, 2] sizes, got {type(spec).__name__}")
     channels = _channels_of(reference)
+    maps = _maps_of(reference)
     unknown = [k for k in spec if k not in channels]
     if unknown:
         name = unknown[0]
@@ -223,9 +261,6 @@ def check_spec(spec: Mapping[str, Any], reference: Any, *, strict: bool = False,
             f"{source}: unknown layer {name!r} ({len(unknown)} unknown in total){hint} "
             f"The model has {len(channels)} ReLU layers."
         )
-    missing = [k for k in channels if k not in spec]
-    if strict and missing:
-        raise SpecError(f"{source}: missing layer {missing[0]!r} ({len(missing)} missing in total; strict=True)")
     out: Spec = {}
     for name, c in channels.items():
         if name not in spec:
@@ -235,6 +270,11 @@ def check_spec(spec: Mapping[str, Any], reference: Any, *, strict: bool = False,
             out[name] = blocks.validate_block_sizes(np.asarray(spec[name]), c, name=f"{source}: layer {name!r}")
         except (TypeError, ValueError) as e:
             raise SpecError(str(e)) from e
+        if maps is not None:
+            _check_fits_map(out[name], maps[name], f"{source}: layer {name!r}")
+    missing = [k for k in channels if k not in spec]
+    if strict and missing:
+        raise SpecError(f"{source}: missing layer {missing[0]!r} ({len(missing)} missing in total; strict=True)")
     return out
 
 
@@ -353,18 +393,6 @@ def candidate_table(model: nn.Module, input_shape: Sequence[int]) -> dict[str, n
 # Files
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, (tuple, set, frozenset)):
-        return list(obj)
-    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON-serialisable")
-
-
 def save_spec(path: str | os.PathLike, spec: Mapping[str, Any], **meta: Any) -> None:
     """Writes a spec file (format version 1, see the module docstring), atomically.
 
@@ -388,7 +416,7 @@ def save_spec(path: str | os.PathLike, spec: Mapping[str, Any], **meta: Any) -> 
             layers[name] = blocks.validate_block_sizes(np.asarray(sizes), name=f"layer {name!r}")
         except (TypeError, ValueError) as e:
             raise SpecError(str(e)) from e
-    meta_text = json.dumps(meta, default=_json_default, allow_nan=False)
+    meta_text = dumps_json(meta, indent=None, allow_nan=False)
     lines = ["{", f'  "format": {json.dumps(SPEC_FORMAT)},', f'  "version": {SPEC_VERSION},']
     lines.append(f'  "meta": {meta_text},')
     items = [
@@ -397,19 +425,7 @@ def save_spec(path: str | os.PathLike, spec: Mapping[str, Any], **meta: Any) -> 
     body = '  "layers": {\n' + ",\n".join(items) + "\n  }" if items else '  "layers": {}'
     lines += [body, "}", ""]
     text = "\n".join(lines)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".spec-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def load_spec(
@@ -418,7 +434,7 @@ def load_spec(
     variables: Mapping[str, Any] | None = None,
     model: nn.Module | None = None,
     input_shape: Sequence[int] | None = None,
-    strict: bool = False,
+    strict: bool | None = None,
     with_meta: bool = False,
 ):
     """Reads and validates a spec file.
@@ -426,16 +442,18 @@ def load_spec(
     Without a reference model the file is checked on its own (format, version, one valid
     ``[C, 2]`` array per layer) and returned as written. With ``variables`` (full model
     variables) or ``model`` (plus ``input_shape``, or the file's ``meta.input_shape``) it is
-    also checked against the model -- unknown layers, wrong channel counts, and missing layers
-    under ``strict`` are errors -- and returned complete, in model order, with missing layers as
-    ReLUs.
+    also checked against the model -- unknown layers, wrong channel counts and missing layers
+    are errors, and with a model and an input shape so are patches larger than a layer's map --
+    and returned complete, in model order.
 
     Args:
       path: spec file.
       variables: full variables of the model to check against.
-      model: model to check against (used when ``variables`` is not given).
+      model: model to check against; with an input shape (``input_shape`` or the file's) it is
+        preferred to ``variables``, since it also gives each layer's map size.
       input_shape: ``(H, W, C)`` to trace ``model`` with; defaults to ``meta["input_shape"]``.
-      strict: require every layer of the model.
+      strict: require every layer of the model. ``None`` (default): ``True`` when a model or
+        variables are given. ``False`` accepts a partial file (missing layers become ReLUs).
       with_meta: also return the ``meta`` object.
 
     Returns:
@@ -481,13 +499,21 @@ def load_spec(
             spec[name] = blocks.validate_block_sizes(np.asarray(sizes, np.int64), name=where)
         except (TypeError, ValueError) as e:
             raise SpecError(str(e)) from e
-    if variables is not None:
+    shape = input_shape if input_shape is not None else meta.get("input_shape")
+    if strict is None:
+        strict = variables is not None or model is not None
+    if model is not None and shape is not None:
+        try:
+            layers = relu_layers(model, shape)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{path}: cannot trace the model at input shape {shape!r}: {e}") from e
+        spec = check_spec(spec, layers, strict=strict, source=path)
+        if variables is not None:
+            check_spec(spec, variables, strict=strict, source=path)
+    elif variables is not None:
         spec = check_spec(spec, variables, strict=strict, source=path)
     elif model is not None:
-        shape = input_shape if input_shape is not None else meta.get("input_shape")
-        if shape is None:
-            raise ValueError(f"{path}: give input_shape to check the spec against a model (the file has none)")
-        spec = check_spec(spec, relu_layers(model, shape), strict=strict, source=path)
+        raise ValueError(f"{path}: give input_shape to check the spec against a model (the file has none)")
     elif strict:
         raise ValueError("strict=True needs a reference: pass variables or model")
     return (spec, meta) if with_meta else spec

@@ -15,42 +15,16 @@ next start). Saving is synchronous, so a checkpoint is complete when ``save`` re
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpointer", "load_variables", "read_json", "write_json_atomic"]
+__all__ = ["Checkpointer", "load_variables"]
 
 CHECKPOINT_DIR = "checkpoints"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def _ocp():

@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmpc import nn as jnn
+from jaxmpc._io import read_json, write_json
 from jaxmpc.data import Dataset, DatasetInfo, Source, batches, load_dataset, num_batches
 from jaxmpc.nn import BLOCK_SIZES_COLLECTION, apply_spec, load_spec, save_spec, spec_from_variables
-from jaxmpc.train._checkpoint import Checkpointer, read_json, write_json_atomic
+from jaxmpc.train._checkpoint import Checkpointer
 from jaxmpc.train._config import TrainConfig
 from jaxmpc.train._metrics import mean_iou, pixel_accuracy
 from jaxmpc.train._steps import (
@@ -338,14 +339,14 @@ def train_and_evaluate(
         os.makedirs(workdir, exist_ok=True)
         cfg_path = os.path.join(workdir, "config.json")
         if os.path.exists(cfg_path):
-            saved = TrainConfig.from_json(read_json(cfg_path))
+            saved = TrainConfig.from_json(read_json(cfg_path, "training config"))
             diff = saved.differences(config)
             if diff:
                 raise ValueError(
                     f"{workdir} holds a run with a different config: {diff} (saved, given). Use a new workdir, or the "
                     "saved config to resume."
                 )
-        write_json_atomic(cfg_path, config.to_json())
+        write_json(cfg_path, config.to_json(), indent=2)
         if spec is not None:
             save_spec(
                 os.path.join(workdir, "spec.json"),
@@ -389,7 +390,7 @@ def train_and_evaluate(
     def save(step: int) -> None:
         if ckpt is not None:
             ckpt.save(step, _payload(state), meta_now(step))
-            write_json_atomic(os.path.join(workdir, "history.json"), history)
+            write_json(os.path.join(workdir, "history.json"), history, indent=2)
 
     jitted = jit_train_step if jax.default_backend() == "cpu" else jit_train_step_donated
     step_fn = functools.partial(jitted, loss_config=loss_cfg, teacher_apply=teacher_apply)
