@@ -115,7 +115,15 @@ def test_digits_with_block_spec_and_jit(digits_model):
     layers = jnn.relu_layers(model, x.shape[1:])
     rng = np.random.default_rng(1)
     options = np.array([(1, 1), (2, 2), (0, 1), (3, 2), (8, 8), (1, 0)], np.int32)
-    spec = {name: options[rng.integers(0, len(options), shape[-1])] for name, shape in layers}
+
+    def fit(sizes, shape):  # patches as large as the map at most (specs with larger ones are refused)
+        out = sizes.copy()
+        patch = (out[:, 0] >= 1) & (out[:, 1] >= 1)
+        out[patch, 0] = np.minimum(out[patch, 0], shape[-3])
+        out[patch, 1] = np.minimum(out[patch, 1], shape[-2])
+        return out
+
+    spec = {name: fit(options[rng.integers(0, len(options), shape[-1])], shape) for name, shape in layers}
     xb = x[:8]
     sec, ref, flo, report = check_secure(model, v, xb, spec=spec, jit=True)
     assert report.drelus == 8 * jnn.count_drelus(model, jnn.apply_spec(v, spec), xb.shape[1:]).total

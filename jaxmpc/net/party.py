@@ -195,7 +195,7 @@ def _public_sizes(mc: ModelConfig, template: dict):
     if mc.spec is None:
         return variables
     try:
-        spec = jnn.load_spec(mc.spec, variables=variables)
+        spec = jnn.load_spec(mc.spec, variables=variables, strict=False)
     except (OSError, ValueError) as e:
         raise PartyError(f"spec {mc.spec}: {e}") from None
     spec = getattr(spec, "layers", spec)
