@@ -26,8 +26,9 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 import jaxmpc  # noqa: E402
-from jaxmpc import costs, ops  # noqa: E402
-from jaxmpc.ring import ring_conv, ring_dot_general  # noqa: E402
+from jaxmpc.protocols import costs
+from jaxmpc import ops  # noqa: E402
+from jaxmpc.core.ring import ring_conv, ring_dot_general  # noqa: E402
 
 
 def timeit(fn, *args, repeat=3):
@@ -52,7 +53,7 @@ def bench_products(quick: bool):
     dn = (((1,), (0,)), ((), ()))
     nat = jax.jit(functools.partial(ring_dot_general, dimension_numbers=dn, method="native"))
     lim = jax.jit(functools.partial(ring_dot_general, dimension_numbers=dn, method="limbs"))
-    auto = "limbs" if jaxmpc.ring._default_method("dot", n) == "limbs" else "native"
+    auto = "limbs" if jaxmpc.core.ring._default_method("dot", n) == "limbs" else "native"
     f32 = jax.jit(lambda x, y: x @ y)
     af = a.astype(jnp.float32)
     tn, tl, tf = timeit(nat, a, a, repeat=1)[0], timeit(lim, a, a)[0], timeit(f32, af, af)[0]
@@ -70,7 +71,7 @@ def bench_products(quick: bool):
                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
         tn, tl = timeit(nat, x, k)[0], timeit(lim, x, k)[0]
         tf = timeit(f32, x.astype(jnp.float32), k.astype(jnp.float32))[0]
-        auto = jaxmpc.ring._default_method("conv", 9 * ci)
+        auto = jaxmpc.core.ring._default_method("conv", 9 * ci)
         print(f"| conv3x3 | {nb}x{h}x{w}x{ci}->{co} | {tn:.3f} | {tl:.3f} | {tn / tl:.1f}x | {tf:.4f} | {auto} |")
 
 

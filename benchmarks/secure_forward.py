@@ -27,7 +27,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxmpc  # noqa: E402
-from jaxmpc import blocks, knapsack  # noqa: E402
+from jaxmpc.core import blocks
+from jaxmpc import knapsack  # noqa: E402
 from jaxmpc import nn as jnn  # noqa: E402
 from jaxmpc.inference import secure_apply  # noqa: E402
 

@@ -17,16 +17,16 @@ Public API (everything else is internal):
 never changes JAX's configuration.
 """
 
-from jaxmpc import blocks as blocks
-from jaxmpc import costs as costs
+from jaxmpc.core import blocks as blocks
+from jaxmpc.protocols import costs as costs
 from jaxmpc import ops as ops
 from jaxmpc import protocols as protocols
-from jaxmpc import reference as reference
-from jaxmpc.comm import CommRecord as CommRecord
-from jaxmpc.config import ProtocolConfig as ProtocolConfig
-from jaxmpc.config import require_x64 as require_x64
-from jaxmpc.parties import Party as Party
-from jaxmpc.sharing import Shared as Shared
+from jaxmpc.protocols import reference as reference
+from jaxmpc.core.comm import CommRecord as CommRecord
+from jaxmpc.core.config import ProtocolConfig as ProtocolConfig
+from jaxmpc.core.config import require_x64 as require_x64
+from jaxmpc.core.parties import Party as Party
+from jaxmpc.core.sharing import Shared as Shared
 from jaxmpc.simulate import simulate as simulate
 from jaxmpc.inference import fixed_point_apply as fixed_point_apply
 from jaxmpc.inference import secure_apply as secure_apply
@@ -45,3 +45,24 @@ __all__ = [
     "fixed_point_apply",
     "knapsack", "nn", "ops", "protocols", "reference", "require_x64", "secure_apply", "secure_cost", "simulate", "train",
 ]
+
+
+# Modules that moved into subpackages (jaxmpc 0.2): the old import paths keep working.
+import importlib as _importlib
+import sys as _sys
+
+_MOVED_MODULES = {
+    **{name: f"jaxmpc.core.{name}" for name in
+       ("ring", "parties", "config", "blocks", "randomness", "comm", "runtime", "sharing")},
+    "costs": "jaxmpc.protocols.costs",
+    "reference": "jaxmpc.protocols.reference",
+}
+for _old, _new in _MOVED_MODULES.items():
+    _sys.modules.setdefault(f"jaxmpc.{_old}", _importlib.import_module(_new))
+del _old, _new
+
+
+def __getattr__(name):
+    if name in _MOVED_MODULES:
+        return _importlib.import_module(_MOVED_MODULES[name])
+    raise AttributeError(f"module 'jaxmpc' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Public secure operations on fixed-point shared tensors (use inside :func:`jaxmpc.simulate`).
 
-Every function takes :class:`~jaxmpc.sharing.Shared` values (and, for linear layers, the
+Every function takes :class:`~jaxmpc.core.sharing.Shared` values (and, for linear layers, the
 server's weights as plain arrays) and returns a ``Shared``; products are truncated back to the
 configured fractional bits. The protocols behind them live in ``jaxmpc/protocols/`` (one module
 per family: ``linear``, ``compare``, ``nonlinear``); their costs are listed in
@@ -31,13 +31,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import ring as _ring
-from jaxmpc.parties import SERVER
+from jaxmpc.core import ring as _ring
+from jaxmpc.core.parties import SERVER
 from jaxmpc.protocols import compare as _cmp
 from jaxmpc.protocols import linear as _lin
 from jaxmpc.protocols import nonlinear as _nl
-from jaxmpc.ring import RING64
-from jaxmpc.sharing import Shared, local_map
+from jaxmpc.core.ring import RING64
+from jaxmpc.core.sharing import Shared, local_map
 
 __all__ = [
     "add", "sub", "neg", "mul", "matmul", "dense", "conv2d", "truncate", "sum", "mean",
@@ -64,7 +64,7 @@ def _encode_any(v, frac_bits: int):
 
 
 def server_tensor(x: Shared, w, *, frac_bits: int | None = None):
-    """Encodes ``w`` as the server's private fixed-point tensor (a :class:`~jaxmpc.runtime.Held`)."""
+    """Encodes ``w`` as the server's private fixed-point tensor (a :class:`~jaxmpc.core.runtime.Held`)."""
     rt = x.rt
     f = rt.config.frac_bits if frac_bits is None else frac_bits
     return rt.private(SERVER, _encode_any(w, f))

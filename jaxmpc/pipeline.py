@@ -89,9 +89,9 @@ class PipelineConfig:
       pretrain: run the training schedule (from ``init_weights`` when given); ``False`` uses
         ``init_weights`` as the trained model unchanged (it is only evaluated).
       candidates: candidate patch sizes for profiling: ``"default"``
-        (:func:`jaxmpc.blocks.default_candidates`), ``"paper"`` (:func:`jaxmpc.blocks.paper_candidates`,
+        (:func:`jaxmpc.core.blocks.default_candidates`), ``"paper"`` (:func:`jaxmpc.core.blocks.paper_candidates`,
         the shape of the paper's lists), or one list of ``[bh, bw]`` for every layer (sizes larger
-        than a layer's map are dropped for it, see :func:`jaxmpc.blocks.fit_candidates`).
+        than a layer's map are dropped for it, see :func:`jaxmpc.core.blocks.fit_candidates`).
       infer_baselines: ``run_demo`` also runs secure inference on the baseline specs (by
         default only the all-ReLU model and the knapsack specs).
       infer_batch_size: images per secure-inference call.
@@ -149,7 +149,7 @@ class PipelineConfig:
         self.protocol()  # validates the protocol fields
 
     def protocol(self):
-        from jaxmpc.config import ProtocolConfig
+        from jaxmpc.core.config import ProtocolConfig
 
         try:
             return ProtocolConfig(frac_bits=self.frac_bits, compare_bits=self.compare_bits,
@@ -177,7 +177,7 @@ class PipelineConfig:
 
 
 def _check_candidates(c) -> None:
-    from jaxmpc import blocks
+    from jaxmpc.core import blocks
 
     if isinstance(c, str):
         if c not in blocks.CANDIDATE_LISTS:
@@ -194,7 +194,7 @@ def _check_candidates(c) -> None:
 
 def _candidates_for(cfg: "PipelineConfig", model, input_shape) -> dict | None:
     """``{layer: [n, 2]}`` for :func:`jaxmpc.distortion.profile_distortion` (``None``: its defaults)."""
-    from jaxmpc import blocks
+    from jaxmpc.core import blocks
     from jaxmpc import nn as jnn
 
     if isinstance(cfg.candidates, str) and cfg.candidates == "default":
@@ -488,7 +488,8 @@ def plan_step(wd: Workdir, cfg: PipelineConfig, budget, method: str = "knapsack"
     ``budget``: a float fraction of the all-ReLU count in ``(0, 1]`` or an int DReLU count
     (:func:`check_budget`); both are checked before any file is read.
     """
-    from jaxmpc import blocks, distortion, knapsack
+    from jaxmpc.core import blocks
+    from jaxmpc import distortion, knapsack
     from jaxmpc import nn as jnn
 
     budget = check_budget(budget)
@@ -537,7 +538,7 @@ def uniform_spec(layers, budget: int) -> dict:
     """The same patch size for every channel (the paper's simple baseline): the ``bh x bw``
     (clipped to each map) whose total DReLU count is the largest that fits the budget, the most
     square one among equals."""
-    from jaxmpc import blocks
+    from jaxmpc.core import blocks
 
     side = max(max(lay.height, lay.width) for lay in layers)
     best = None

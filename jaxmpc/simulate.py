@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc.comm import CommRecord
-from jaxmpc.config import ProtocolConfig, require_x64
-from jaxmpc.parties import CLIENT
-from jaxmpc.randomness import fresh_key_words, simulation_keys
-from jaxmpc.ring import decode, encode
-from jaxmpc.runtime import Runtime
-from jaxmpc.sharing import Shared, reveal, share
+from jaxmpc.core.comm import CommRecord
+from jaxmpc.core.config import ProtocolConfig, require_x64
+from jaxmpc.core.parties import CLIENT
+from jaxmpc.core.randomness import fresh_key_words, simulation_keys
+from jaxmpc.core.ring import decode, encode
+from jaxmpc.core.runtime import Runtime
+from jaxmpc.core.sharing import Shared, reveal, share
 
 __all__ = ["simulate", "check_key", "StaticValue", "run_planned"]
 
@@ -87,7 +87,7 @@ def simulate(fn: Callable, *inputs, config: ProtocolConfig | None = None, key=No
     """Runs ``fn`` securely on secret-shared ``inputs`` with the three parties simulated.
 
     Each input (a real array, the client's secret) is encoded in fixed point and shared between
-    client and server; ``fn`` receives :class:`~jaxmpc.sharing.Shared` values and must combine
+    client and server; ``fn`` receives :class:`~jaxmpc.core.sharing.Shared` values and must combine
     them with :mod:`jaxmpc.ops` (or the protocols in ``jaxmpc.protocols``); the ``Shared``
     leaves of its result are revealed to the client and decoded.
 
@@ -100,7 +100,7 @@ def simulate(fn: Callable, *inputs, config: ProtocolConfig | None = None, key=No
         ``(fn, config, input shapes)``.
 
     Returns:
-      ``(outputs, comm)``: the revealed outputs (float64) and the :class:`~jaxmpc.comm.CommRecord`
+      ``(outputs, comm)``: the revealed outputs (float64) and the :class:`~jaxmpc.core.comm.CommRecord`
       of the run, which includes revealing the outputs (kind ``"reveal"``, 8 bytes per element
       from the server to the client).
 

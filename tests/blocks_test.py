@@ -1,4 +1,4 @@
-"""jaxmpc.blocks: the patch-size encoding, its DReLU counts and the candidate lists.
+"""jaxmpc.core.blocks: the patch-size encoding, its DReLU counts and the candidate lists.
 
 What the module guarantees: which pairs are valid (and the error names the channel), the count
 of patches (= DReLUs) and multiplied pixels per channel for any map (square or not, edge
@@ -9,7 +9,7 @@ patches included), the patch grid and the valid pixels per patch, and the candid
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 
 
 def test_validate_block_sizes():

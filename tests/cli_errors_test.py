@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxmpc import blocks, cli
+from jaxmpc.core import blocks
+from jaxmpc import cli
 from jaxmpc import pipeline as pl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

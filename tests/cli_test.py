@@ -108,7 +108,7 @@ def test_bad_config_values():
 
 
 def test_uniform_baseline_fills_the_budget_with_one_size():
-    from jaxmpc import blocks
+    from jaxmpc.core import blocks
     from jaxmpc.knapsack import LayerCandidates
 
     layers = [LayerCandidates("a", 8, 8, np.array([[1, 1], [0, 1]]), np.zeros((4, 2))),

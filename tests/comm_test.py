@@ -1,4 +1,4 @@
-"""Every op's communication record equals the documented cost table (jaxmpc.costs, docs/protocols.md)."""
+"""Every op's communication record equals the documented cost table (jaxmpc.protocols.costs, docs/protocols.md)."""
 
 import functools
 
@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import jaxmpc
-from jaxmpc import blocks, costs
-from jaxmpc.comm import CommRecord
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import LINKS, SERVER
+from jaxmpc.core import blocks
+from jaxmpc.protocols import costs
+from jaxmpc.core.comm import CommRecord
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import LINKS, SERVER
 from jaxmpc.protocols import compare, linear, nonlinear
-from jaxmpc.ring import encode, ring_conv
+from jaxmpc.core.ring import encode, ring_conv
 
 from utils import run_jitted, shared, u64
 

@@ -1,4 +1,4 @@
-"""jaxmpc.costs: the closed-form cost table (docs/protocols.md).
+"""jaxmpc.protocols.costs: the closed-form cost table (docs/protocols.md).
 
 What the module guarantees: the per-link formulas of every protocol (and their sums quoted in
 the docs, ``6w + 6m + 8`` bytes per DReLU for jaxmpc and ``7w + 6m + 56`` for SecureNN), wire
@@ -13,9 +13,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmpc import costs, ops
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import CLIENT, CP, LINKS, SERVER
+from jaxmpc.protocols import costs
+from jaxmpc import ops
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import CLIENT, CP, LINKS, SERVER
 from jaxmpc.simulate import simulate
 
 JAXMPC = [ProtocolConfig(compare_bits=m) for m in (2, 8, 9, 16, 17, 32, 33, 64)]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.distortion import DistortionTable, LayerDistortion, plot_distortion
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.distortion import ProgramError, profile_distortion
 from jaxmpc.nn import BlockReLU, ResNetSmall, apply_spec, relu_layers
 from jaxmpc.nn import models as nn_models

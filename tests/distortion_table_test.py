@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.distortion import DISTORTION_FORMAT, DISTORTION_VERSION, DistortionTable, LayerDistortion, TableError
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxmpc.knapsack as kn
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.knapsack import _bounds, _dp
 from jaxmpc.knapsack._reference import reference_dp
 

@@ -6,7 +6,7 @@ import pytest
 
 from jaxmpc import ProtocolConfig
 from jaxmpc.net.config import ConfigError, load_config, parse_config, write_config
-from jaxmpc.parties import CLIENT, CP, SERVER
+from jaxmpc.core.parties import CLIENT, CP, SERVER
 
 
 def base(**over):

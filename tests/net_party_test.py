@@ -16,9 +16,9 @@ from jaxmpc.net.party import (PartyError, PartyProgram, _load_inputs, batch_keys
                               save_variables_npz, session_keys)
 from jaxmpc.net.pki import create_test_pki
 from jaxmpc.net.transport import Session
-from jaxmpc.parties import C_CP, C_S, CLIENT, CP, PARTIES, S_CP, SERVER, owners
-from jaxmpc.randomness import simulation_keys
-from jaxmpc.ring import encode
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, PARTIES, S_CP, SERVER, owners
+from jaxmpc.core.randomness import simulation_keys
+from jaxmpc.core.ring import encode
 
 KW = {"num_filters": 2, "stage_sizes": (1,)}
 

@@ -31,7 +31,7 @@ from jaxmpc.net.party import prepare_model
 from jaxmpc.net.pki import create_test_pki
 from jaxmpc.net.transport import Session
 from jaxmpc.net.wire import FrameType, encode_frame
-from jaxmpc.parties import CLIENT, LINKS
+from jaxmpc.core.parties import CLIENT, LINKS
 
 ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAXMPC_COMPILATION_CACHE": "0", "PYTHONUNBUFFERED": "1"}
 TINY = {"preset": "ResNetSmall", "kwargs": {"num_filters": 2, "stage_sizes": [1]}, "input_shape": [8, 8, 1]}

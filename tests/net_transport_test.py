@@ -17,7 +17,7 @@ from jaxmpc.net.launcher import free_ports
 from jaxmpc.net.pki import create_test_pki, role_hostname
 from jaxmpc.net.transport import (ConnectionLost, HandshakeError, NetTimeout, PeerAborted, ProtocolError, Session,
                                   certificate_role)
-from jaxmpc.parties import CLIENT, CP, PARTIES, SERVER
+from jaxmpc.core.parties import CLIENT, CP, PARTIES, SERVER
 
 NAMES = {CLIENT: "client", SERVER: "server", CP: "cp"}
 

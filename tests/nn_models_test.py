@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.nn import (
     BLOCK_RELU_JIT_NAME,
     DeepLabV3MobileNetV2,

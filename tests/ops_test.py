@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from jaxmpc import ops
-from jaxmpc import reference as ref
-from jaxmpc.ring import decode, encode
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.ring import decode, encode
 from jaxmpc.simulate import simulate
 
 from utils import shared, sim_runtime

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import reference as ref
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import C_S, CLIENT, SERVER
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import C_S, CLIENT, SERVER
 from jaxmpc.protocols import compare, nonlinear
-from jaxmpc.ring import Z67, Z2k, ZOdd
-from jaxmpc.sharing import Shared
+from jaxmpc.core.ring import Z67, Z2k, ZOdd
+from jaxmpc.core.sharing import Shared
 
 from utils import EDGE_INTS, opened, run_jitted, shared, signed, u64
 

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxmpc
-from jaxmpc import reference as ref
-from jaxmpc import ring
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import SERVER
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core import ring
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import SERVER
 from jaxmpc.protocols import linear
 
 from utils import opened, run_jitted, shared, signed, u64

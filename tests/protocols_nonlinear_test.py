@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
-from jaxmpc import reference as ref
-from jaxmpc.config import ProtocolConfig
+from jaxmpc.core import blocks
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.protocols import nonlinear
 
 from utils import opened, run_jitted, shared, signed, u64

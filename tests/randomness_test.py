@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.random import threefry2x32_p
 
-from jaxmpc.parties import C_CP, C_S, CLIENT
-from jaxmpc.randomness import op_id, request_keys, simulation_keys, stream_words, threefry2x32
-from jaxmpc.ring import RING64
-from jaxmpc.runtime import Runtime
-from jaxmpc.config import ProtocolConfig
+from jaxmpc.core.parties import C_CP, C_S, CLIENT
+from jaxmpc.core.randomness import op_id, request_keys, simulation_keys, stream_words, threefry2x32
+from jaxmpc.core.ring import RING64
+from jaxmpc.core.runtime import Runtime
+from jaxmpc.core.config import ProtocolConfig
 
 
 def test_threefry_is_bit_identical_to_jax():

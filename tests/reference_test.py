@@ -1,4 +1,4 @@
-"""jaxmpc.reference: the plaintext fixed-point oracle, and the exact-DReLU window it documents.
+"""jaxmpc.protocols.reference: the plaintext fixed-point oracle, and the exact-DReLU window it documents.
 
 What the module guarantees: floor semantics of ``trunc`` and ``div`` on negatives and ring edge
 values; the compared value of a reduced-bit DReLU (``floor(x / (d 2^s))`` wrapped to m bits);
@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc import nn as jnn
-from jaxmpc import reference as ref
-from jaxmpc.config import ProtocolConfig
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.protocols import compare
-from jaxmpc.ring import decode, encode
+from jaxmpc.core.ring import decode, encode
 
 from utils import EDGE_INTS, opened, shared, sim_runtime, signed, u64
 

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax import lax
 
-from jaxmpc import ring
-from jaxmpc.config import ProtocolConfig, require_x64
-from jaxmpc.ring import ZOdd, Z2k, Zp
+from jaxmpc.core import ring
+from jaxmpc.core.config import ProtocolConfig, require_x64
+from jaxmpc.core.ring import ZOdd, Z2k, Zp
 
 from utils import signed, u64
 

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import CP
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import CP
 from jaxmpc.protocols import compare
 
 from utils import run_jitted, shared, u64

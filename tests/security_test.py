@@ -5,14 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc import reference as ref
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import CLIENT, CP, SERVER, C_S, owners
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import CLIENT, CP, SERVER, C_S, owners
 from jaxmpc.protocols import compare, linear, nonlinear
-from jaxmpc.randomness import simulation_keys
-from jaxmpc.ring import RING64, Zp
-from jaxmpc.runtime import Runtime, SecurityError
-from jaxmpc.sharing import reveal, share
+from jaxmpc.core.randomness import simulation_keys
+from jaxmpc.core.ring import RING64, Zp
+from jaxmpc.core.runtime import Runtime, SecurityError
+from jaxmpc.core.sharing import reveal, share
 import jaxmpc
 
 from utils import opened, run_jitted, run_parties, shared, u64
@@ -124,7 +124,7 @@ def test_server_weights_linear_views():
     def build(rt, x):
         xs = shared(rt, x.reshape(-1, 16)[: N // 16], scale=12)
         import functools
-        from jaxmpc.ring import ring_dot_general, encode
+        from jaxmpc.core.ring import ring_dot_general, encode
         op = functools.partial(ring_dot_general, dimension_numbers=(((1,), (0,)), ((), ())))
         linear.bilinear_av(xs, rt.private(SERVER, jnp.asarray(encode(w, 12))), op, scale=12)
 
@@ -161,7 +161,7 @@ def test_each_party_runs_alone_and_matches_simulation(op):
     (placeholders for everything else): results and messages equal the simulation."""
     rng = np.random.default_rng(3)
     x = u64(rng.integers(-(2**30), 2**30, (1, 6, 6, 4)))
-    w = jnp.asarray(jaxmpc.ring.encode(rng.normal(size=(3, 3, 4, 2)), 12))
+    w = jnp.asarray(jaxmpc.core.ring.encode(rng.normal(size=(3, 3, 4, 2)), 12))
     sizes = np.array([(1, 1), (2, 3), (0, 1), (6, 6)], np.int32)
 
     def protocol(rt, xs):
@@ -174,7 +174,7 @@ def test_each_party_runs_alone_and_matches_simulation(op):
         if op == "block_relu":
             return nonlinear.block_relu(xs, sizes)
         import functools
-        from jaxmpc.ring import ring_conv
+        from jaxmpc.core.ring import ring_conv
         return linear.bilinear_av(xs, rt.private(SERVER, w if rt.holds(SERVER) else jax.ShapeDtypeStruct(w.shape, w.dtype)),
                                   functools.partial(ring_conv, window_strides=(1, 1), padding="SAME"), scale=12)
 

@@ -1,4 +1,4 @@
-"""jaxmpc.sharing: 2-out-of-2 additive sharing between client and server.
+"""jaxmpc.core.sharing: 2-out-of-2 additive sharing between client and server.
 
 What the module guarantees: sharing is free (no message), reconstructs exactly for every ring
 element (edge values included) from either owner, each share alone is masked by fresh
@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmpc.parties import CLIENT, CP, SERVER
-from jaxmpc.ring import RING64, Z2k
-from jaxmpc.runtime import Held
-from jaxmpc.sharing import Shared, local_map, reveal, share
+from jaxmpc.core.parties import CLIENT, CP, SERVER
+from jaxmpc.core.ring import RING64, Z2k
+from jaxmpc.core.runtime import Held
+from jaxmpc.core.sharing import Shared, local_map, reveal, share
 
 from utils import EDGE_INTS, opened, run_jitted, sim_runtime, u64
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import jaxmpc
-from jaxmpc import costs, ops
+from jaxmpc.protocols import costs
+from jaxmpc import ops
 
 
 def fp(x, f=12):

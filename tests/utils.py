@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import CLIENT, PARTIES, Party
-from jaxmpc.randomness import simulation_keys
-from jaxmpc.ring import RING64
-from jaxmpc.runtime import Runtime, Transport
-from jaxmpc.sharing import Shared, share
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import CLIENT, PARTIES, Party
+from jaxmpc.core.randomness import simulation_keys
+from jaxmpc.core.ring import RING64
+from jaxmpc.core.runtime import Runtime, Transport
+from jaxmpc.core.sharing import Shared, share
 
 EDGE_INTS = [0, 1, -1, 2, -2, 3, -3, 2**62, -(2**62), 2**63 - 2, -(2**63), 2**62 - 1, -(2**62) + 1, 4095, -4096]
 

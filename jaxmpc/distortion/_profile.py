@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.distortion import _engine as eng
 from jaxmpc.distortion import _program as pg
 from jaxmpc.distortion import _run as rn
@@ -447,7 +447,7 @@ def profile_distortion(
         ``(variables, x) -> outputs``. Outputs: an array or pytree of arrays, sample axis first.
       variables: the model's full variables, including ``"block_sizes"``.
       images: float array ``[N, H, W, C]``, preprocessed as the model expects; N >= 1.
-      candidates: ``None`` (the paper-style defaults of :func:`jaxmpc.blocks.default_candidates`
+      candidates: ``None`` (the paper-style defaults of :func:`jaxmpc.core.blocks.default_candidates`
         for each layer's ``H x W``), one int array ``[n, 2]`` for all layers, or a mapping
         ``{layer: [n, 2]}`` (other layers get the defaults).
       layers: names of the layers to profile (default: all, in execution order).

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc._io import atomic_write_bytes, dumps_json
 
 __all__ = ["DISTORTION_FORMAT", "DISTORTION_VERSION", "DistortionTable", "LayerDistortion", "TableError"]
@@ -50,11 +50,11 @@ class LayerDistortion:
     Attributes:
       name: the layer name (a key of the block spec, e.g. ``"layer1_0/relu1"``).
       height, width, channels: the activation map of one image (``H x W``, ``C`` channels).
-      candidates: int32 ``[n, 2]`` candidate patch sizes (encoding of :mod:`jaxmpc.blocks`).
+      candidates: int32 ``[n, 2]`` candidate patch sizes (encoding of :mod:`jaxmpc.core.blocks`).
       distortion: float64 ``[C, n]``: mean over the samples of the mean squared change of the
         network output when only this channel uses this candidate (paper §3.1).
       costs: int64 ``[n]``: DReLUs of one channel of one image under each candidate
-        (:func:`jaxmpc.blocks.num_patches` at ``H x W``; 0 for identity and zero).
+        (:func:`jaxmpc.core.blocks.num_patches` at ``H x W``; 0 for identity and zero).
 
     Raises:
       TableError: on construction, if the arrays are inconsistent.

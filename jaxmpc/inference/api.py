@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc.config import ProtocolConfig, require_x64
+from jaxmpc.core.config import ProtocolConfig, require_x64
 from jaxmpc.inference.backends import FixedPointBackend, Pub, Sec, SecureBackend
 from jaxmpc.inference.interpreter import Interpreter, Pending
 from jaxmpc.inference.report import SecureReport
-from jaxmpc.randomness import simulation_keys
-from jaxmpc.ring import ENCODE_LIMIT, encode
+from jaxmpc.core.randomness import simulation_keys
+from jaxmpc.core.ring import ENCODE_LIMIT, encode
 from jaxmpc.simulate import StaticValue, check_key, run_planned
 
 __all__ = ["secure_apply", "fixed_point_apply", "secure_cost", "trace_model", "TracedModel"]

@@ -15,12 +15,12 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import reference as ref
-from jaxmpc.parties import CLIENT, SERVER
+from jaxmpc.protocols import reference as ref
+from jaxmpc.core.parties import CLIENT, SERVER
 from jaxmpc.protocols import compare, linear, nonlinear
-from jaxmpc.ring import RING64, decode, encode_traced
-from jaxmpc.runtime import Held, Runtime
-from jaxmpc.sharing import Shared, local_map, reveal, share
+from jaxmpc.core.ring import RING64, decode, encode_traced
+from jaxmpc.core.runtime import Held, Runtime
+from jaxmpc.core.sharing import Shared, local_map, reveal, share
 
 __all__ = ["Pub", "Srv", "Sec", "SecureBackend", "FixedPointBackend"]
 
@@ -63,7 +63,7 @@ class Sec:
 
 
 class SecureBackend:
-    """Secret values are :class:`~jaxmpc.sharing.Shared`; every step goes through the runtime."""
+    """Secret values are :class:`~jaxmpc.core.sharing.Shared`; every step goes through the runtime."""
 
     name = "secure"
 

@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
-from jaxmpc import ring as _ring
+from jaxmpc.core import ring as _ring
 from jaxmpc.inference.backends import Pub, Sec, Srv
 
 __all__ = ["Interpreter", "Pending", "UnsupportedOperation"]

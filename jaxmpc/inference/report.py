@@ -8,8 +8,8 @@ import os
 from collections import OrderedDict
 
 from jaxmpc._io import atomic_write_text
-from jaxmpc.comm import CommRecord
-from jaxmpc.parties import LINKS
+from jaxmpc.core.comm import CommRecord
+from jaxmpc.core.parties import LINKS
 
 __all__ = ["LayerRow", "SecureReport"]
 
@@ -24,7 +24,7 @@ class LayerRow:
     ops: str
     drelus: int
     mults: int
-    links: tuple  # bytes per ordered link, in jaxmpc.parties.LINKS order
+    links: tuple  # bytes per ordered link, in jaxmpc.core.parties.LINKS order
     online_bytes: int
     total_bytes: int
     rounds: int  # online rounds this layer adds to the critical path (rows sum to the total)
@@ -39,7 +39,7 @@ class SecureReport:
     """What a secure forward pass cost, per layer and in total (static, hashable).
 
     Attributes:
-      comm: the full :class:`~jaxmpc.comm.CommRecord` (every message, by scope and kind).
+      comm: the full :class:`~jaxmpc.core.comm.CommRecord` (every message, by scope and kind).
       layers: ``((layer path, op label), ...)`` in execution order.
       notes: protocol statistics ``((path, what, count), ...)`` (``"drelu"``, ``"mult"``).
       batch: number of images in the batch.

@@ -21,7 +21,7 @@ reachable one, which is not optimal in general); among equal values the lightest
 Each relaxation is a fixed-shape ``lax.scan`` of dynamic slices, jit-compiled once per
 (segment length, option count, capacity) bucket and called from a Python loop over segments;
 it is pure ``jax.numpy``/``lax`` and runs on CPU and GPU alike. Values are float64 (call
-:func:`jaxmpc.config.require_x64` before); ``max`` and ``+`` are exact IEEE operations, so the
+:func:`jaxmpc.core.config.require_x64` before); ``max`` and ``+`` are exact IEEE operations, so the
 recomputed tables agree bit for bit with the forward pass.
 """
 

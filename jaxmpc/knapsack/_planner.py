@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.knapsack._problem import check_budget
 from jaxmpc.knapsack._solver import KnapsackResult, Method, SweepResult, solve, sweep_budgets
 
@@ -29,7 +29,7 @@ class CostModel:
     The default counts DReLUs only, as the paper does. :meth:`communication` charges bytes of
     the 3-party protocol instead: a DReLU costs ``bytes_per_drelu`` and each element multiplied
     by its patch's sign (``H * W`` per channel that is neither identity nor zero, see
-    :func:`jaxmpc.blocks.mult_count`) costs ``bytes_per_mult``.
+    :func:`jaxmpc.core.blocks.mult_count`) costs ``bytes_per_mult``.
 
     Attributes:
       per_drelu: cost of one DReLU (non-negative int).
@@ -87,7 +87,7 @@ class LayerCandidates:
     Attributes:
       name: the layer name (a key of the block spec).
       height, width: the activation map size (may differ).
-      candidates: int ``[n_cand, 2]`` candidate patch sizes (see :mod:`jaxmpc.blocks`);
+      candidates: int ``[n_cand, 2]`` candidate patch sizes (see :mod:`jaxmpc.core.blocks`);
         duplicates are allowed (the first of equal-cost, equal-distortion options wins).
       distortion: real ``[C, n_cand]``, the distortion of each channel under each candidate;
         lower is better. Must be finite.
@@ -290,7 +290,7 @@ def plan_block_sizes(
 
     The multiple-choice knapsack of Gorski & Avidan (arXiv 2304.10442, §3.2), solved by
     :func:`jaxmpc.knapsack.solve`: one item per channel, one option per candidate, cost from
-    ``cost_model`` (DReLU count by default, computed with :mod:`jaxmpc.blocks` on the layer's
+    ``cost_model`` (DReLU count by default, computed with :mod:`jaxmpc.core.blocks` on the layer's
     ``H x W`` map), value ``-distortion``.
 
     Args:

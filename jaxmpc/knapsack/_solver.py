@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from jaxmpc.config import require_x64
+from jaxmpc.core.config import require_x64
 from jaxmpc.knapsack import _bounds, _dp
 from jaxmpc.knapsack._problem import Problem, check_budget, make_problem, min_total_weight
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc.knapsack._planner import LayerCandidates
 
 __all__ = [
@@ -134,7 +134,7 @@ def synthetic_distortions(
 
     Args:
       channels, height, width: the layer shape.
-      candidates: ``[n_cand, 2]`` patch sizes (see :mod:`jaxmpc.blocks`).
+      candidates: ``[n_cand, 2]`` patch sizes (see :mod:`jaxmpc.core.blocks`).
       rng: numpy random generator.
       layer_scale: multiplies every distortion of the layer.
 
@@ -169,7 +169,7 @@ def synthetic_distortions(
 def synthetic_layers(model: str, seed: int = 0):
     """Planner input for ``model``: one :class:`~jaxmpc.knapsack.LayerCandidates` per ReLU layer.
 
-    Candidates are :func:`jaxmpc.blocks.default_candidates` of each layer's map; distortions come
+    Candidates are :func:`jaxmpc.core.blocks.default_candidates` of each layer's map; distortions come
     from :func:`synthetic_distortions` with a random per-layer scale (log-normal, sigma 0.5).
 
     Args:

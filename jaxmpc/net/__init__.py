@@ -1,6 +1,6 @@
 """Three real parties over the network: TLS links, a party runtime, a local launcher.
 
-The same protocol code as the simulator runs in each party's process (``jaxmpc.runtime`` in
+The same protocol code as the simulator runs in each party's process (``jaxmpc.core.runtime`` in
 party mode); this package moves its messages (see ``docs/networking.md``).
 
 * :func:`run_party` -- one role (what ``jaxmpc party`` runs);

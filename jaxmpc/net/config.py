@@ -46,8 +46,8 @@ import os
 import tomllib
 
 from jaxmpc._io import JSONFileError, atomic_write_text, read_json
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import PARTIES, Party
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import PARTIES, Party
 from jaxmpc.net.pki import ROLE_NAMES
 
 __all__ = ["ConfigError", "NetConfig", "ModelConfig", "NetworkOptions", "PartyEntry", "load_config", "parse_config",

@@ -25,7 +25,7 @@ import time
 
 from jaxmpc.net.config import write_config
 from jaxmpc.net.pki import ROLE_NAMES, create_test_pki
-from jaxmpc.parties import LINKS, PARTIES
+from jaxmpc.core.parties import LINKS, PARTIES
 
 __all__ = ["launch_local", "LaunchError", "free_ports", "party_command", "error_line", "combine_results"]
 
@@ -145,7 +145,7 @@ def _simulator_report(model: dict, protocol: dict | None):
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from jaxmpc.config import ProtocolConfig
+    from jaxmpc.core.config import ProtocolConfig
     from jaxmpc.inference import secure_cost
     from jaxmpc.net.config import ModelConfig
     from jaxmpc.net.party import _build, _public_sizes

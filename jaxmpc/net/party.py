@@ -16,7 +16,7 @@
 4. compiles its program and waits until the peers have compiled theirs (``READY``);
 5. runs one secure forward pass per batch and, at the end, checks the bytes and messages it
    counted on each of its links against the protocol's own record
-   (:meth:`jaxmpc.runtime.Runtime.comm`, the simulator's report), then writes its result file
+   (:meth:`jaxmpc.core.runtime.Runtime.comm`, the simulator's report), then writes its result file
    atomically (the client's holds the predictions).
 
 Execution: the whole per-party program is **one jit-compiled XLA program** per batch shape;
@@ -50,14 +50,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc.config import ProtocolConfig, require_x64
+from jaxmpc.core.config import ProtocolConfig, require_x64
 from jaxmpc.net.config import ModelConfig, NetConfig
 from jaxmpc.net.pki import ROLE_NAMES
 from jaxmpc.net.transport import NetError, Session
 from jaxmpc.net.wire import WIRE_VERSION
-from jaxmpc.parties import C_CP, C_S, CLIENT, LINKS, S_CP, SERVER, Party, owners
-from jaxmpc.randomness import PartyKeys, fresh_key_words, request_keys
-from jaxmpc.runtime import Runtime, Transport
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, LINKS, S_CP, SERVER, Party, owners
+from jaxmpc.core.randomness import PartyKeys, fresh_key_words, request_keys
+from jaxmpc.core.runtime import Runtime, Transport
 
 __all__ = ["run_party", "PartyError", "PreparedModel", "prepare_model", "model_fingerprint", "PartyProgram",
            "batch_keys", "session_keys", "save_variables_npz", "load_variables_file", "write_json_atomic"]
@@ -206,7 +206,7 @@ def _public_sizes(mc: ModelConfig, template: dict):
 
 def _check_server_variables(loaded: dict, expected: dict, source: str, frac_bits: int) -> dict:
     """The loaded weights in the template's structure and dtypes, or a clear error."""
-    from jaxmpc.ring import ENCODE_LIMIT
+    from jaxmpc.core.ring import ENCODE_LIMIT
 
     got, want = _flat_dict({k: v for k, v in loaded.items() if k != "block_sizes"}), _flat_dict(
         {k: v for k, v in expected.items() if k != "block_sizes"})
@@ -274,7 +274,7 @@ def prepare_model(mc: ModelConfig, role, *, weights: str | None = None) -> Prepa
 
 
 def session_keys(role, pair_secrets: dict) -> PartyKeys:
-    """This party's :class:`~jaxmpc.randomness.PartyKeys`: the pairwise keys agreed with the peers
+    """This party's :class:`~jaxmpc.core.randomness.PartyKeys`: the pairwise keys agreed with the peers
     (``{peer: 8 bytes}``) and a fresh key of its own from OS entropy."""
     role = Party.parse(role)
     keys = {owners(role): jnp.asarray(fresh_key_words())}
@@ -431,7 +431,7 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def _load_inputs(path: str, mc: ModelConfig, config: ProtocolConfig) -> np.ndarray:
-    from jaxmpc.ring import encode
+    from jaxmpc.core.ring import encode
 
     try:
         x = np.load(path, allow_pickle=False)
@@ -522,7 +522,7 @@ def run_party(role, cfg: NetConfig, *, weights: str | None = None, inputs: str |
         session.ready()
         t_wait = time.perf_counter() - t0
         logits, times = [], []
-        from jaxmpc.ring import encode
+        from jaxmpc.core.ring import encode
 
         for b in range(n_batches):
             xb = None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 
-from jaxmpc.parties import Party
+from jaxmpc.core.parties import Party
 
 __all__ = ["create_test_pki", "role_hostname", "role_of_certificate", "PKIFiles", "ROLE_NAMES"]
 

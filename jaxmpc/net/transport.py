@@ -30,7 +30,7 @@ frame, a frame of the wrong length for the protocol's next message, and out-of-o
 all errors.
 
 Accounting. Per peer and direction: protocol payload bytes and messages (``DATA`` frames: what
-:class:`jaxmpc.comm.CommRecord` counts), frame bytes (payload as sent + 20-byte headers) and
+:class:`jaxmpc.core.comm.CommRecord` counts), frame bytes (payload as sent + 20-byte headers) and
 control bytes (handshake, keys, ``READY``/``BYE``). TLS record overhead (about 22 bytes per
 16 KiB record) and TCP/IP headers are not counted.
 
@@ -55,12 +55,12 @@ import numpy as np
 from jaxmpc.net import wire
 from jaxmpc.net.pki import ROLE_NAMES, role_hostname, role_of_certificate
 from jaxmpc.net.wire import FrameType
-from jaxmpc.parties import PARTIES, Party
+from jaxmpc.core.parties import PARTIES, Party
 
 __all__ = ["Session", "NetError", "HandshakeError", "PeerAborted", "ConnectionLost", "NetTimeout", "ProtocolError",
            "LinkCounters", "tls_contexts", "certificate_role"]
 
-KEY_BYTES = 8  # a Threefry-2x32 key (jaxmpc.randomness)
+KEY_BYTES = 8  # a Threefry-2x32 key (jaxmpc.core.randomness)
 
 
 class NetError(RuntimeError):

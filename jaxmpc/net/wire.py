@@ -12,7 +12,7 @@ Every message is a fixed 20-byte header followed by its payload::
     12      8     payload length in bytes as sent (uint64, big endian)
 
 A ``DATA`` payload is the raw little-endian bytes of one protocol message (an array in the
-ring's wire dtype, :meth:`jaxmpc.ring.Ring.wire_dtype`); its shape and dtype are not sent
+ring's wire dtype, :meth:`jaxmpc.core.ring.Ring.wire_dtype`); its shape and dtype are not sent
 because both parties know them from the protocol (the same code runs on both sides), and the
 receiver checks the length. Control frames (``HELLO``, ``KEY``, ``READY``, ``BYE``, ``ERROR``)
 carry JSON or raw key bytes. Messages are never acknowledged: a link is a one-way pipeline.

@@ -3,7 +3,7 @@
 Block ReLU (Gorski & Avidan, arXiv 2304.10442, §3; ``paper_reference.md`` §1.7 and §4.4) replaces
 the per-pixel sign of a ReLU by one sign per rectangular patch of a channel, so a channel of an
 ``H x W`` map needs ``ceil(H/bh) * ceil(W/bw)`` DReLUs instead of ``H * W``. The per-channel
-patch sizes follow :mod:`jaxmpc.blocks`:
+patch sizes follow :mod:`jaxmpc.core.blocks`:
 
 * ``(1, 1)`` -- ordinary ReLU, ``y = x * [x >= 0]``;
 * ``(bh, bw)`` -- patches tiled from the top-left corner (edge patches may be smaller); the mean
@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 
 __all__ = ["BLOCK_RELU_JIT_NAME", "BLOCK_SIZES_COLLECTION", "BlockReLU", "block_relu", "jaxmpc_block_relu"]
 
@@ -100,7 +100,7 @@ def block_relu(x: jax.typing.ArrayLike, sizes: jax.typing.ArrayLike) -> jax.Arra
     """Applies a per-channel Block ReLU to an NHWC activation (paper §3, ``paper_reference.md`` §4.4).
 
     Validates shapes (and, when ``sizes`` is concrete, its values with
-    :func:`jaxmpc.blocks.validate_block_sizes`), then calls the jitted core
+    :func:`jaxmpc.core.blocks.validate_block_sizes`), then calls the jitted core
     :func:`jaxmpc_block_relu`. ``sizes`` may be a traced array, e.g. under ``jax.vmap`` over
     thousands of candidate specs; no Python control flow depends on its values.
 

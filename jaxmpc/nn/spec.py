@@ -1,7 +1,7 @@
 """Block-size specs: the file format, and helpers that tie specs to models.
 
 A *spec* maps a ReLU layer's name to an int32 ``[C, 2]`` array of per-channel patch sizes (the
-encoding of :mod:`jaxmpc.blocks`). It is what the knapsack planner produces, what finetuning
+encoding of :mod:`jaxmpc.core.blocks`). It is what the knapsack planner produces, what finetuning
 and plaintext evaluation load into a model, and what secure inference runs (Gorski & Avidan,
 arXiv 2304.10442, §3-§4; ``paper_reference.md`` §4.3). The layer names are the ``"/"``-joined
 module paths of the model's :class:`~jaxmpc.nn.BlockReLU` layers, i.e. the key paths of the
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import blocks
+from jaxmpc.core import blocks
 from jaxmpc._io import atomic_write_text, dumps_json
 from jaxmpc.nn.block_relu import BLOCK_SIZES_COLLECTION, BlockReLU
 
@@ -345,7 +345,7 @@ def count_drelus(
 ) -> DReluCount:
     """DReLUs of one image of shape ``input_shape`` (paper §3; ``paper_reference.md`` §7).
 
-    Each layer's count is :func:`jaxmpc.blocks.drelu_count` at that layer's real ``H x W``
+    Each layer's count is :func:`jaxmpc.core.blocks.drelu_count` at that layer's real ``H x W``
     (non-square maps included). Only Block ReLU layers are counted; a MaxPool's comparisons are
     not (jaxmpc's paper models use AvgPool).
 
@@ -377,7 +377,7 @@ def count_drelus(
 
 
 def candidate_table(model: nn.Module, input_shape: Sequence[int]) -> dict[str, np.ndarray]:
-    """Default candidate patch sizes per layer, from :func:`jaxmpc.blocks.default_candidates`.
+    """Default candidate patch sizes per layer, from :func:`jaxmpc.core.blocks.default_candidates`.
 
     Each layer gets the list for its own ``H x W`` (``paper_reference.md`` §3.3: the list
     follows the activation's spatial size; e.g. the 1x1 image-pool layer of DeepLabV3 gets

@@ -17,11 +17,11 @@ cases of PrivateCompare handled).
 ``v = u + 2^(m-1) mod L`` (``MSB(v) = [u >= 0]``), whose one unrepresentable value is
 ``u = 2^(m-1) - 1``, the largest positive m-bit number: DReLU is exact for every
 ``u in [-2^(m-1), 2^(m-1) - 2]``. For ``m = 64`` that is every ring element except ``2^63 - 1``
-(``jaxmpc.ring.encode`` never produces it). With ``s > 0`` the local truncation gives
+(``jaxmpc.core.ring.encode`` never produces it). With ``s > 0`` the local truncation gives
 ``floor(x / 2^s) + {0, 1}``, so the sign of ``x`` (fixed-point integer) is exact for
 ``-2^(m-1+s) <= x < -2^s`` and for ``0 <= x <= (2^(m-1) - 2) 2^s - 1``; a small negative
 ``-2^s <= x < 0`` may come out nonnegative (less than one quantum); outside the window it wraps
-(``jaxmpc.reference.drelu_window``).
+(``jaxmpc.protocols.reference.drelu_window``).
 
 **Costs** (bytes per element; ``w`` = wire bytes of a Z_L or Z_{L-1} element: 8, or
 ``ceil(m/8)`` rounded up to a power of two with ``compact_wire``; Z_67 elements are 1 byte):
@@ -50,10 +50,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, owners
-from jaxmpc.ring import RING64, Z67, Z2k, ZOdd, lemire
-from jaxmpc.runtime import Held, Runtime
-from jaxmpc.sharing import Shared
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, owners
+from jaxmpc.core.ring import RING64, Z67, Z2k, ZOdd, lemire
+from jaxmpc.core.runtime import Held, Runtime
+from jaxmpc.core.sharing import Shared
 
 __all__ = ["private_compare", "share_convert", "msb", "drelu", "drelu_ring", "DealerBit", "compare_input"]
 

@@ -3,7 +3,7 @@
 Naming follows SPU's kernels: ``<op>_<operand kinds>`` with ``a`` = additively shared,
 ``p`` = public, ``v`` = private to one party (the server's weights). Bilinear maps (elementwise
 product, matmul, convolution) share one generic protocol each, parameterised by the exact
-ring op (``jaxmpc.ring.ring_conv`` etc.), as CrypTen's ``__beaver_protocol`` does.
+ring op (``jaxmpc.core.ring.ring_conv`` etc.), as CrypTen's ``__beaver_protocol`` does.
 
 Costs in bytes per element, ``|X|``, ``|W|``, ``|Y|`` = sizes of the shared operand, the second
 operand and the output (see ``docs/protocols.md``):
@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
-from jaxmpc.ring import arith_shift_right, from_signed, to_signed
-from jaxmpc.runtime import Held
-from jaxmpc.sharing import Shared, local_map, share
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
+from jaxmpc.core.ring import arith_shift_right, from_signed, to_signed
+from jaxmpc.core.runtime import Held
+from jaxmpc.core.sharing import Shared, local_map, share
 
 __all__ = [
     "add_aa",

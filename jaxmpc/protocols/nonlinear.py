@@ -23,12 +23,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import blocks
-from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
+from jaxmpc.core import blocks
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
 from jaxmpc.protocols.compare import DealerBit, compare_input, drelu, drelu_ring
 from jaxmpc.protocols.linear import add_aa, bilinear_aa, sub_aa
-from jaxmpc.ring import RING64
-from jaxmpc.sharing import Shared, local_map
+from jaxmpc.core.ring import RING64
+from jaxmpc.core.sharing import Shared, local_map
 
 __all__ = ["mul_bit", "relu", "select_share", "maxpool", "window_views", "avgpool_sum", "block_relu", "zeros_like"]
 

@@ -1,6 +1,6 @@
 """Communication records: what every protocol sends, on which link, in which round.
 
-Protocols never count bytes by hand: the runtime (``jaxmpc.runtime``) logs each message when it
+Protocols never count bytes by hand: the runtime (``jaxmpc.core.runtime``) logs each message when it
 is sent -- sender, receiver, payload bytes (elements x wire bytes of the ring), whether it is
 *online* (depends on a secret input) or *offline* (input-independent: preprocessing such as
 Beaver triples and masked weights), the time it leaves and arrives in hops, the protocol scope
@@ -12,7 +12,7 @@ Rounds are the online critical path: every value carries the hop at which each p
 arrives one hop later. ``CommRecord.rounds`` is the latest arrival.
 
 The documented per-element costs of each protocol are in ``docs/protocols.md`` and in
-:mod:`jaxmpc.costs`; ``tests/comm_test.py`` checks every op's record against them.
+:mod:`jaxmpc.protocols.costs`; ``tests/comm_test.py`` checks every op's record against them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import json
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from jaxmpc.parties import LINKS, PARTIES, Party
+from jaxmpc.core.parties import LINKS, PARTIES, Party
 
 __all__ = ["Message", "Traffic", "CommRecord"]
 

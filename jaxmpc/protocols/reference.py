@@ -13,10 +13,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmpc import blocks
-from jaxmpc.config import ProtocolConfig
+from jaxmpc.core import blocks
+from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.protocols.nonlinear import window_views
-from jaxmpc.ring import arith_shift_right, from_signed, to_signed
+from jaxmpc.core.ring import arith_shift_right, from_signed, to_signed
 
 __all__ = [
     "drelu",

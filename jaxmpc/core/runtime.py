@@ -9,7 +9,7 @@ with the set of parties that know them. They touch data only through three runti
 * ``rt.send(src, dst, value, ring)`` -- a message; it is logged (bytes on the wire, hop) and the
   receiver learns the value one hop after the sender knew it.
 * ``rt.random(key_set, ring, shape, name)`` -- correlated randomness from the key of ``key_set``
-  (:mod:`jaxmpc.randomness`); only holders of that key can derive it.
+  (:mod:`jaxmpc.core.randomness`); only holders of that key can derive it.
 
 The same protocol code runs in two modes:
 
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmpc.comm import CommRecord, Message
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import PARTIES, Party
-from jaxmpc.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
+from jaxmpc.core.comm import CommRecord, Message
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import PARTIES, Party
+from jaxmpc.core.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
 
 __all__ = ["Held", "Runtime", "SecurityError", "Transport"]
 
@@ -337,7 +337,7 @@ class Runtime:
     def random_with(self, key_set: frozenset, n_words: int, convert: Callable, name: str) -> Held:
         """``convert(words)`` for ``n_words`` uniform ``uint64`` words from the key of ``key_set``.
 
-        The words are a PRF of the key and a stable operation id (:mod:`jaxmpc.randomness`).
+        The words are a PRF of the key and a stable operation id (:mod:`jaxmpc.core.randomness`).
         """
         key_set = frozenset(Party(p) for p in key_set)
         ident = self._next_id(name)
@@ -394,7 +394,7 @@ class Runtime:
         """Traces ``body(rt, *args)`` abstractly (``jax.eval_shape``) and returns its random plan.
 
         The plan lists every random request by stage so that a second, real trace can draw each
-        stage's words with one vectorised PRF call (see :mod:`jaxmpc.randomness`).
+        stage's words with one vectorised PRF call (see :mod:`jaxmpc.core.randomness`).
         """
         rec = cls(config, PartyKeys({}), stage_depth=stage_depth)
         rec._recording = []

@@ -12,9 +12,9 @@ import dataclasses
 
 import jax
 
-from jaxmpc.parties import C_S, CLIENT, SERVER, Party
-from jaxmpc.ring import RING64
-from jaxmpc.runtime import Held, Runtime
+from jaxmpc.core.parties import C_S, CLIENT, SERVER, Party
+from jaxmpc.core.ring import RING64
+from jaxmpc.core.runtime import Held, Runtime
 
 __all__ = ["Shared", "share", "reveal", "local_map"]
 
@@ -24,7 +24,7 @@ class Shared:
     """An additively shared tensor.
 
     Attributes:
-      c: the client's share (a :class:`~jaxmpc.runtime.Held` known to the client).
+      c: the client's share (a :class:`~jaxmpc.core.runtime.Held` known to the client).
       s: the server's share.
       ring: the ring of the shares (``Z2k(64)`` for data).
       scale: fixed-point fractional bits of the value (0 for integers and bits).

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxmpc.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, Party, owners
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, Party, owners
 
 __all__ = ["PartyKeys", "simulation_keys", "op_id", "request_keys", "expand_words", "KEY_SETS", "fresh_key_words",
            "key_words", "threefry2x32"]

@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from jaxmpc.config import ProtocolConfig
-from jaxmpc.parties import CLIENT, CP, LINKS, SERVER, Party
-from jaxmpc.ring import Z2k
+from jaxmpc.core.config import ProtocolConfig
+from jaxmpc.core.parties import CLIENT, CP, LINKS, SERVER, Party
+from jaxmpc.core.ring import Z2k
 
 __all__ = [
     "LinkCost", "wire_bytes", "share_convert", "msb", "drelu", "mult", "relu", "maxpool", "block_relu",
