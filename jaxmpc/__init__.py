@@ -56,6 +56,7 @@ _MOVED_MODULES = {
        ("ring", "parties", "config", "blocks", "randomness", "comm", "runtime", "sharing")},
     "costs": "jaxmpc.protocols.costs",
     "reference": "jaxmpc.protocols.reference",
+    "stats": "jaxmpc.train._stats",
 }
 for _old, _new in _MOVED_MODULES.items():
     _sys.modules.setdefault(f"jaxmpc.{_old}", _importlib.import_module(_new))

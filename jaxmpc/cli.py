@@ -24,11 +24,14 @@ with ``--budget-unit drelus`` (``--budget 5000 --budget-unit drelus``). A plain 
 without that unit (``--budget 2.7``), a fractional count (``2.7`` with ``drelus``), ``inf``,
 ``nan``, zero and negative values are refused.
 
-Errors: every error is one line on stderr, ``jaxmpc <command>: error: <what>`` (no traceback;
-``JAXMPC_DEBUG=1`` shows it). Exit status: 0 on success, 2 for a bad command line, value, file,
-configuration or input (before any work starts where it can be checked), 1 when a run fails for
-another reason (an unexpected error; a networked run that failed, see :mod:`jaxmpc.net.cli`),
-130 when interrupted.
+Errors: every error is one line on stderr, ``jaxmpc <command>: error: <what>``, and exit status
+2: a bad command line, value, file, configuration or input (refused before any work starts
+where it can be checked), and also an unexpected internal error, whose line ends with a hint:
+rerun with ``--debug`` (``jaxmpc --debug <command> ...`` or ``jaxmpc <command> ... --debug``) or
+``JAXMPC_DEBUG=1`` to see the traceback instead. Exit status 0 on success, 130 when interrupted;
+the networked commands also use 1 for a networked run that started and then failed (a peer
+died, refused or timed out, see :mod:`jaxmpc.net.cli`), so that a launcher can tell it from a
+refused command line.
 """
 
 from __future__ import annotations
@@ -62,6 +65,17 @@ def _one_line(msg) -> str:
     return " ".join(str(msg).split())
 
 
+#: Exit status of every error the command line reports (bad input and unexpected errors alike).
+EXIT_ERROR = 2
+DEBUG_HELP = "on an unexpected error, show the traceback (also JAXMPC_DEBUG=1)"
+DEBUG_HINT = "rerun with --debug or JAXMPC_DEBUG=1 for the traceback"
+
+
+def debug_requested(args=None) -> bool:
+    """``--debug`` was given, or ``JAXMPC_DEBUG`` is set (to anything but ``""`` or ``0``)."""
+    return bool(getattr(args, "debug", False)) or os.environ.get("JAXMPC_DEBUG", "") not in ("", "0")
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -72,16 +86,25 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, *, zero: bool) -> float:
     import math
 
+    what = "a finite number >= 0" if zero else "a positive, finite number"
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive, finite number, got {text!r}")
+        v = math.nan
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return v
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, zero=False)
+
+
+def _nonnegative_float(text: str) -> float:
+    return _finite_float(text, zero=True)
 
 
 def _tag(text: str) -> str:
@@ -135,6 +158,7 @@ UNIT_HELP = "unit of plain --budget numbers: fraction (default) or drelus (a cou
 
 def main(argv=None) -> int:
     ap = _Parser(prog="jaxmpc", description="Secure 3-party inference with knapsack Block ReLUs")
+    ap.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="train, profile, plan, finetune, secure inference, report (embedded digits)")
@@ -195,6 +219,8 @@ def main(argv=None) -> int:
         _net_commands(sub)
     except ImportError:
         pass
+    for p in sub.choices.values():  # --debug after the command too; SUPPRESS keeps a leading one
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
 
     args = ap.parse_args(argv)
     if getattr(args, "budget", None) is not None:
@@ -202,27 +228,30 @@ def main(argv=None) -> int:
         texts = args.budget if isinstance(args.budget, list) else [args.budget]
         budgets = _budgets(sub_ap, texts, args.budget_unit)
         args.budget = budgets if isinstance(args.budget, list) else budgets[0]
+    debug = debug_requested(args)
     try:
         _enable_x64()
         from jaxmpc import pipeline as pl
     except Exception as e:  # noqa: BLE001 - e.g. a broken JAX install: one line
-        return _error(args.cmd, f"{type(e).__name__}: {e}", 1)
+        if debug:
+            raise
+        return _error(args.cmd, f"cannot load jaxmpc: {type(e).__name__}: {e} ({DEBUG_HINT})", EXIT_ERROR)
     try:
         return _run(args, pl)
     except pl.PipelineError as e:
-        return _error(args.cmd, e, 2)
+        return _error(args.cmd, e, EXIT_ERROR)
     except KeyboardInterrupt:
         return _error(args.cmd, "interrupted", 130)
     except (LookupError, OSError, ValueError, TypeError) as e:
         # a missing dataset (DatasetNotFoundError), unreadable file, bad value: one clear line;
-        # JAXMPC_DEBUG=1 re-raises with the traceback
-        if os.environ.get("JAXMPC_DEBUG"):
+        # --debug / JAXMPC_DEBUG=1 re-raises with the traceback
+        if debug:
             raise
-        return _error(args.cmd, f"{type(e).__name__}: {e}", 2)
-    except Exception as e:  # noqa: BLE001 - anything else still ends in one line, status 1
-        if os.environ.get("JAXMPC_DEBUG"):
+        return _error(args.cmd, f"{type(e).__name__}: {e}", EXIT_ERROR)
+    except Exception as e:  # noqa: BLE001 - anything else (a bug): one line and a hint, same status
+        if debug:
             raise
-        return _error(args.cmd, f"{type(e).__name__}: {e} (JAXMPC_DEBUG=1 shows the traceback)", 1)
+        return _error(args.cmd, f"unexpected {type(e).__name__}: {e} ({DEBUG_HINT})", EXIT_ERROR)
 
 
 def _error(cmd: str, msg, code: int) -> int:
@@ -348,7 +377,7 @@ def _cost(args) -> int:
         shape = _input_shape(args.input)
         model = _model_preset(args.model)
     except ValueError as e:
-        return _error("cost", e, 2)
+        return _error("cost", e, EXIT_ERROR)
     v = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + shape, jnp.float32))
     v = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), v)
     v["block_sizes"] = jax.tree_util.tree_map(lambda a: np.ones(a.shape, np.int32), v["block_sizes"])

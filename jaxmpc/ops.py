@@ -106,6 +106,16 @@ def mul(x: Shared, y) -> Shared:
 
     A public ``y`` with integer values is multiplied exactly; other reals are encoded in fixed
     point and the product is truncated.
+
+    Range (not checked, results are silently wrong outside it): the product is computed exactly
+    in the 64-bit ring before truncation, so with ``T = frac_bits`` it needs
+    ``|x y| < 2^(63 - 2T)`` in reals for two fixed-point operands (about ``5.5e11`` at the
+    default ``T = 12``; ``mul(1e6, 1e6)`` wraps and returns garbage), or ``|x k| < 2^(63 - T)``
+    for an integer ``y = k``. Inside it, the local truncation of a product ``v`` (ring integer)
+    still fails with probability ``|v| / 2^64`` per element (below ``2^-24`` for operands under
+    ``2^8``). To test a computation's range, use the plaintext reference with a check:
+    ``jaxmpc.protocols.reference.mul(x, y, check_range=True)`` (or ``mul_overflows``) raises or
+    flags exactly these products.
     """
     _check_shared(x)
     if isinstance(y, Shared):
@@ -244,12 +254,19 @@ def reshape(x: Shared, shape) -> Shared:
 
 
 def drelu(x: Shared) -> Shared:
-    """``[x >= 0]`` as a shared bit (scale 0); reduced-bit per the config. See ``protocols.compare``."""
+    """``[x >= 0]`` as a shared bit (scale 0); reduced-bit per the config. See ``protocols.compare``.
+
+    With ``compare_bits < 64`` the sign is exact only for inputs inside
+    ``reference.drelu_window(config)``: about ``+-2^(m - 1 + s - T)`` in reals with
+    ``m = compare_bits``, ``s = lsb_drop_bits``, ``T = frac_bits`` (``+-8`` at ``compare_bits=16``,
+    ``T = 12``). Beyond it the compared value wraps and the sign is silently wrong (not checked);
+    ``reference.drelu(x, config, check_range=True)`` refuses such inputs in tests.
+    """
     return _cmp.drelu(_check_shared(x))
 
 
 def relu(x: Shared) -> Shared:
-    """``max(x, 0)``: DReLU plus one bit product."""
+    """``max(x, 0)``: DReLU plus one bit product (reduced-bit range: see :func:`drelu`)."""
     return _nl.relu(_check_shared(x))
 
 

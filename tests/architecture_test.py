@@ -17,7 +17,7 @@ PKG = os.path.join(ROOT, "jaxmpc")
 
 # layer -> its top-level modules / packages of jaxmpc (docs/architecture.md)
 LAYERS = {
-    "base": {"_io", "core.ring", "core.parties", "core.config", "core.blocks", "stats"},
+    "base": {"_io", "core.ring", "core.parties", "core.config", "core.blocks"},
     "core": {"core", "core.randomness", "core.runtime", "core.comm", "core.sharing", "protocols.costs",
              "protocols.reference", "protocols"},
     "api": {"ops", "simulate", "inference"},
@@ -173,6 +173,19 @@ def test_root_package_does_not_pull_in_the_application():
     init = os.path.join(PKG, "__init__.py")
     names = {_top(n) for _, n in _imports("jaxmpc", init)}
     assert not names & LAYERS["app"], names & LAYERS["app"]
+
+
+def test_importing_jaxmpc_loads_no_application_module():
+    """At run time too: the root's aliases of moved modules (``jaxmpc.stats``...) are imported
+    eagerly, so none of them may live in the application layer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxmpc, jaxmpc.stats; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            f"[['jaxmpc', t] for t in {sorted(LAYERS['app'])!r}]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 @pytest.mark.parametrize("source, expected", [

@@ -34,7 +34,7 @@ def _usage_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
-    cmd = argv[0] if argv[0] in ("plan", "demo", "infer", "finetune", "cost") else None
+    cmd = argv[0] if argv[0] in ("plan", "demo", "infer", "finetune", "cost", "launch", "pki", "party") else None
     return _one_error_line(capsys.readouterr().err, cmd)
 
 
@@ -103,6 +103,11 @@ def test_pipeline_config_refuses_ambiguous_budgets():
     (["finetune", "--workdir", "w", "--tag", "a/b"], "argument --tag"),
     (["infer", "--workdir", "w", "--batch-size", "-1"], "argument --batch-size"),
     (["no-such-command"], "invalid choice"),
+    (["launch", "--weights", "w", "--input", "x.npy", "--batch-size", "0"], "argument --batch-size"),
+    (["launch", "--weights", "w", "--input", "x.npy", "--latency-ms", "-1"], "argument --latency-ms: expected a"),
+    (["launch", "--weights", "w", "--input", "x.npy", "--timeout", "nan"], "argument --timeout"),
+    (["pki", "--out", "d", "--days", "0"], "argument --days: expected a positive whole number"),
+    (["party", "--role", "dealer", "--config", "p.toml"], "argument --role: invalid choice"),
 ])
 def test_bad_command_lines_are_one_line(argv, message, capsys, tmp_path):
     line = _usage_error(argv, capsys)
@@ -148,7 +153,9 @@ def test_plan_units_end_to_end(tmp_path, capsys):
         pl.plan_step(wd, wd.config(), 0.1, "greedy")
 
 
-def test_unexpected_errors_are_one_line_status_1(tmp_path, capsys, monkeypatch):
+def test_unexpected_errors_are_one_line_status_2_with_a_debug_hint(tmp_path, capsys, monkeypatch):
+    """Every error the command line reports has status 2, an internal one too (with a hint);
+    --debug (before or after the command) or JAXMPC_DEBUG=1 shows the traceback instead."""
     wd = _tiny_workdir(tmp_path)
     monkeypatch.delenv("JAXMPC_DEBUG", raising=False)
 
@@ -156,12 +163,49 @@ def test_unexpected_errors_are_one_line_status_1(tmp_path, capsys, monkeypatch):
         raise RuntimeError("something broke\non two lines")
 
     monkeypatch.setattr(pl, "plan_step", boom)
-    assert cli.main(["plan", "--workdir", wd.root, "--budget", "6%"]) == 1
+    argv = ["plan", "--workdir", wd.root, "--budget", "6%"]
+    assert cli.main(argv) == cli.EXIT_ERROR == 2
     line = _one_error_line(capsys.readouterr().err, "plan")
-    assert "RuntimeError: something broke on two lines" in line and "JAXMPC_DEBUG" in line
+    assert "unexpected RuntimeError: something broke on two lines" in line
+    assert line.endswith("(rerun with --debug or JAXMPC_DEBUG=1 for the traceback)")
+    for debug_argv in (["--debug"] + argv, argv + ["--debug"]):
+        with pytest.raises(RuntimeError, match="something broke"):
+            cli.main(debug_argv)
+    monkeypatch.setenv("JAXMPC_DEBUG", "0")  # "0" means off
+    assert cli.main(argv) == 2
+    capsys.readouterr()
     monkeypatch.setenv("JAXMPC_DEBUG", "1")
     with pytest.raises(RuntimeError):
-        cli.main(["plan", "--workdir", wd.root, "--budget", "6%"])
+        cli.main(argv)
+
+
+def test_bad_values_found_while_running_are_one_line_status_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("JAXMPC_DEBUG", raising=False)
+    wd = _tiny_workdir(tmp_path)
+
+    def bad(*a, **k):
+        raise KeyError("layer 'b' is not in the table")
+
+    monkeypatch.setattr(pl, "plan_step", bad)
+    assert cli.main(["plan", "--workdir", wd.root, "--budget", "6%"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "plan")
+    assert "KeyError" in line and "layer 'b'" in line and "--debug" not in line
+    # a file that cannot be written: one line, status 2
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["pki", "--out", str(tmp_path / "file" / "pki")]) == 2
+    assert "jaxmpc pki: error: " in _one_error_line(capsys.readouterr().err, "pki")
+
+
+def test_a_broken_install_is_one_line_status_2(monkeypatch, capsys):
+    monkeypatch.delenv("JAXMPC_DEBUG", raising=False)
+
+    def broken():
+        raise ImportError("libtpu is missing")
+
+    monkeypatch.setattr(cli, "_enable_x64", broken)
+    assert cli.main(["report", "--workdir", "w"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "report")
+    assert "cannot load jaxmpc: ImportError: libtpu is missing" in line and "--debug" in line
 
 
 # --------------------------------------------------------------------------------------------

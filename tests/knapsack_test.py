@@ -550,3 +550,59 @@ def test_synthetic_distortions_shape():
     area = np.where(blocks.is_patch(cand), cand[:, 0] * cand[:, 1], 0)
     small, large = (area >= 2) & (area <= 4), area >= 64
     assert np.all(d[:, small].mean(axis=1) < d[:, large].mean(axis=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines (what the pipeline compares the knapsack with)
+
+
+def _baseline_layers(seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, h, w, c in [("a", 8, 8, 6), ("b", 4, 6, 5), ("c", 2, 2, 4)]:
+        cand = blocks.default_candidates(h, w)
+        out.append(kn.LayerCandidates(name, h, w, cand, rng.uniform(0, 1, (c, len(cand)))))
+    return out
+
+
+def test_uniform_spec_is_one_size_and_the_fullest_that_fits():
+    layers = _baseline_layers()
+    total = sum(lay.channels * lay.height * lay.width for lay in layers)
+    for budget in (15, 40, 100, total):
+        spec = kn.uniform_spec(layers, budget)
+        used = kn.spec_drelus(layers, spec)
+        assert used <= budget
+        sizes = {tuple(int(v) for v in s) for lay in layers for s in spec[lay.name]}
+        # one (bh, bw) for every channel, clipped to each map
+        unclipped = max(sizes)
+        assert all(s == (min(unclipped[0], lay.height), min(unclipped[1], lay.width))
+                   for lay in layers for s in map(tuple, spec[lay.name].tolist()))
+        # no other uniform size uses more DReLUs within the budget (brute force over all sizes)
+        best = max(u for u in (sum(blocks.drelu_count(lay.height, lay.width,
+                                                       [[min(bh, lay.height), min(bw, lay.width)]] * lay.channels)
+                                   for lay in layers) for bh in range(1, 9) for bw in range(1, 9)) if u <= budget)
+        assert used == best
+    assert kn.spec_drelus(layers, kn.uniform_spec(layers, total)) == total  # 1x1 everywhere
+    with pytest.raises(ValueError, match="no uniform patch size fits 14 DReLUs"):
+        kn.uniform_spec(layers, 14)  # 15 channels need at least one DReLU each
+
+
+def test_random_spec_spends_the_budget_without_the_measurements():
+    layers = _baseline_layers()
+    a, b = kn.random_spec(layers, 60, seed=1), kn.random_spec(layers, 60, seed=1)
+    assert all(np.array_equal(a[k], b[k]) for k in a)  # reproducible
+    c = kn.random_spec(layers, 60, seed=2)
+    assert any(not np.array_equal(a[k], c[k]) for k in a)  # another draw, another spec
+    assert kn.spec_drelus(layers, a) <= 60
+    # the knapsack on the measured distortions does at least as well on them as any random choice
+    best = kn.plan_block_sizes(layers, budget=60).spec
+    assert kn.spec_distortion(layers, best) <= min(kn.spec_distortion(layers, kn.random_spec(layers, 60, seed=s))
+                                                   for s in range(5)) + 1e-9
+
+
+def test_spec_distortion_sums_the_chosen_candidates():
+    layers = _baseline_layers()
+    spec = {lay.name: np.tile(lay.candidates[:1], (lay.channels, 1)) for lay in layers}
+    assert kn.spec_distortion(layers, spec) == pytest.approx(sum(lay.distortion[:, 0].sum() for lay in layers))
+    assert kn.spec_drelus(layers, spec) == sum(blocks.drelu_count(lay.height, lay.width, spec[lay.name])
+                                               for lay in layers)

@@ -156,10 +156,11 @@ def test_compiled_party_programs_are_bit_identical_to_the_simulator(weights, tmp
                 x_enc = np.asarray(encode(x, 12)) if p == CLIENT else None
                 leaves = prepared.server_leaves() if p == SERVER else None
                 prog.compile(sim_keys.restrict(p), x_enc, leaves)
+                s.set_message_limits(prog.message_limits)  # as run_party: the protocol's largest messages
                 s.ready()
                 y = prog.run(sim_keys.restrict(p), x_enc, leaves)
                 s.finish()  # counters are final once the writers have flushed
-                out[p] = (y, prog.record, s.counters())
+                out[p] = (y, prog.record, s.counters(), prog.message_limits)
             except Exception as e:  # noqa: BLE001 - reported below
                 err.append((p, e))
 
@@ -176,6 +177,25 @@ def test_compiled_party_programs_are_bit_identical_to_the_simulator(weights, tmp
     assert out[SERVER][0] == () and out[CP][0] == ()  # only the client learns the output
     for p in PARTIES:
         assert out[p][1].comm == report.comm  # every party's record of all messages = the simulator's
+    for p in PARTIES:  # the frame limits derived from the trace: the largest message per link, no more
+        limits = out[p][3]
+        assert set(limits) == set(PARTIES) - {p}
+        for src, n in limits.items():
+            sent = report.comm.link_bytes(src, p)
+            assert (0 < n <= sent) if sent else n == 0, (src, p, n, sent)
     c = out[CP][2]
     assert c["cp->server"]["payload_bytes"] == report.comm.link_bytes(CP, SERVER)
     assert c["client->cp"]["payload_bytes"] == report.comm.link_bytes(CLIENT, CP)
+
+
+def test_old_result_writer_name_is_deprecated(tmp_path):
+    import json
+
+    from jaxmpc.net import party
+
+    with pytest.warns(DeprecationWarning, match="jaxmpc._io.write_json"):
+        write = party.write_json_atomic
+    write(tmp_path / "r.json", {"a": np.int64(3)})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 3}
+    with pytest.raises(AttributeError):
+        party.no_such_name  # noqa: B018

@@ -81,10 +81,10 @@ def test_open_agrees_keys_and_pipelines_messages_with_exact_counts(pki):
     try:
         assert all(isinstance(r, dict) for r in res.values()), res
         assert res[SERVER][CLIENT]["batches"] == 3 and res[CP][CLIENT]["role"] == "client"
-        # each pair shares one fresh 8-byte key; the three pairs' keys differ
+        # each pair shares one fresh 32-byte (256-bit) key; the three pairs' keys differ
         for a, b in ((CLIENT, SERVER), (CLIENT, CP), (SERVER, CP)):
             ka, kb = sessions[a].pair_secrets[b], sessions[b].pair_secrets[a]
-            assert ka == kb and len(ka) == 8
+            assert ka == kb and len(ka) == 32
         keys = {sessions[CLIENT].pair_secrets[SERVER], sessions[CLIENT].pair_secrets[CP],
                 sessions[SERVER].pair_secrets[CP]}
         assert len(keys) == 3
@@ -125,7 +125,7 @@ def test_refused_peers_stop_everyone_fast_with_a_clear_error(pki, other_pki, cas
         sessions, res, secs = make(pki, hello={CLIENT: {"fingerprint": "other", "model": "ResNetSmall(num_filters=2)"}})
         pattern = "model mismatch"
     elif case == "version":
-        sessions, res, secs = make(pki, versions={CP: 2})
+        sessions, res, secs = make(pki, versions={CP: wire.WIRE_VERSION + 1})
         pattern = "version"
     else:
         files = {CP: (other_pki.ca, other_pki.cert("cp"), other_pki.key("cp"))}
@@ -139,7 +139,8 @@ def test_refused_peers_stop_everyone_fast_with_a_clear_error(pki, other_pki, cas
     if case == "model":
         assert "model mismatch" in msgs[CLIENT] and "ResNetSmall(num_filters=2)" in msgs[SERVER] + msgs[CP], msgs
     elif case == "version":
-        assert "this party speaks 2" in msgs[CP] and "version 2" in msgs[CLIENT] + msgs[SERVER], msgs
+        other = wire.WIRE_VERSION + 1
+        assert f"this party speaks {other}" in msgs[CP] and f"version {other}" in msgs[CLIENT] + msgs[SERVER], msgs
     else:
         assert "certificate" in msgs[CP] and "certificate" in msgs[CLIENT] + msgs[SERVER], msgs
     for m in msgs.values():
@@ -259,3 +260,97 @@ def test_compression_is_transparent_and_counted_as_payload(pki):
         assert c["payload_bytes"] == 80_000 and c["frame_bytes"] < 1_000  # payload counted uncompressed
     finally:
         close_all(sessions)
+
+
+def test_a_flooding_peer_is_held_back_by_the_bounded_receive_buffer(pki):
+    """A peer that sends far more than the receiver consumes fills at most the receiver's bounded
+    buffer (bytes and messages); then the reader stops reading and TCP holds the sender's writer
+    back. Once the receiver consumes, every message arrives in order: back-pressure, no deadlock."""
+    limit, count = 64 << 10, 16
+    sessions = make_open(pki, timeout=30.0, recv_queue_bytes=limit, recv_queue_messages=count)
+    try:
+        body = bytes(range(256)) * 32  # 8 KiB
+        n = 4000  # 32 MiB: far more than the buffer and the kernel's socket buffers together
+        for i in range(n):
+            sessions[SERVER].send(CLIENT, i.to_bytes(4, "big") + body)
+        time.sleep(1.5)  # the client reads nothing meanwhile
+        buf = sessions[CLIENT]._in[SERVER].queue
+        held, items = buf.buffered
+        assert held <= limit and items <= count
+        assert buf.peak_bytes <= limit and buf.peak_items <= count
+        assert sessions[SERVER].counters()["server->client"]["messages"] < n  # the writer is held back
+        for i in range(n):
+            assert sessions[CLIENT].recv(SERVER, len(body) + 4) == i.to_bytes(4, "big") + body
+        assert buf.peak_bytes <= limit and buf.peak_items <= count
+        assert sessions[CLIENT].counters()["server->client"]["messages"] == n
+        # a message larger than the buffer still passes (alone), and a tiny buffer of messages too
+        sessions[SERVER].send(CLIENT, b"z" * (2 * limit))
+        assert sessions[CLIENT].recv(SERVER, 2 * limit) == b"z" * (2 * limit)
+        assert sessions[CLIENT].error is None and sessions[SERVER].error is None
+    finally:
+        close_all(sessions)
+
+
+@pytest.mark.parametrize("case", ["oversize", "malformed", "oversize_error"])
+def test_an_oversize_or_malformed_frame_ends_the_run_on_both_sides(pki, case):
+    """A frame over the link's limit is refused from its header (nothing of its announced size is
+    read or allocated); a malformed one likewise. The receiver aborts with a ProtocolError naming
+    the peer, and the peer (and the third party) learn why."""
+    sessions = make_open(pki)
+    try:
+        sessions[CLIENT].set_message_limits({SERVER: 1000})
+        sessions[SERVER].send(CLIENT, b"x" * 1000)  # at the limit: accepted
+        assert sessions[CLIENT].recv(SERVER, 1000) == b"x" * 1000
+        link = sessions[SERVER]._out[CLIENT]
+        link.queue.put(transport._STOP)  # stop the writer thread, then write a bad frame by hand
+        link.thread.join(5)
+        if case == "oversize":
+            bad = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, int(wire.FrameType.DATA), 0, link.seq, 1001)
+            bad += b"x" * 1001
+            why = r"server sent a malformed frame: DATA frame payload of 1001 bytes exceeds the limit \(1000\)"
+        elif case == "oversize_error":  # a control frame during the run: the handshake limit
+            bad = wire.HEADER.pack(wire.MAGIC, wire.WIRE_VERSION, int(wire.FrameType.ERROR), 0, link.seq, 1 << 40)
+            why = "ERROR frame payload of 1099511627776 bytes exceeds the limit"
+        else:
+            bad = b"GET / HTTP/1.1\r\n\r\n" + b"\0" * 10
+            why = "server sent a malformed frame: not a jaxmpc peer"
+        t0 = time.monotonic()
+        link.sock.sendall(bad)
+        with pytest.raises(ProtocolError, match=why):
+            sessions[CLIENT].recv(SERVER, 1000)
+        with pytest.raises(PeerAborted, match="client aborted: .*" + why):
+            sessions[SERVER].recv(CLIENT)
+        with pytest.raises(PeerAborted, match="client aborted"):
+            sessions[CP].recv(CLIENT)
+        assert time.monotonic() - t0 < 5.0
+        assert sessions[CLIENT]._in[SERVER].queue.buffered == (0, 0)
+    finally:
+        close_all(sessions)
+
+
+def test_message_limits_are_checked():
+    s = Session.__new__(Session)  # only the limits: no sockets needed
+    s.role, s._max_data = CLIENT, {SERVER: wire.MAX_PAYLOAD, CP: wire.MAX_PAYLOAD}
+    s.set_message_limits({"server": 5, CP: 0})
+    assert s._max_data == {SERVER: 5, CP: 0}
+    with pytest.raises(ValueError, match="client is not a peer of the client"):
+        s.set_message_limits({CLIENT: 5})
+    with pytest.raises(ValueError, match="a message limit must lie in"):
+        s.set_message_limits({SERVER: -1})
+    with pytest.raises(ValueError, match="receive buffer bounds must be positive"):
+        Session(CLIENT, {p: ("127.0.0.1", 1 + p) for p in PARTIES}, ca="x", cert="x", key="x", recv_queue_bytes=0)
+
+
+def test_pki_files_are_written_atomically_with_private_keys(tmp_path):
+    import os
+    import stat
+
+    files = create_test_pki(tmp_path / "pki")
+    for name in ("client", "server", "cp"):
+        assert stat.S_IMODE(os.stat(files.key(name)).st_mode) == 0o600
+        assert certificate_role(files.cert(name)) == {"client": CLIENT, "server": SERVER, "cp": CP}[name]
+    assert stat.S_IMODE(os.stat(files["ca_key"]).st_mode) == 0o600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(files.ca).st_mode) == 0o666 & ~umask  # certificates: as a plain open()
+    assert not [f for f in os.listdir(tmp_path / "pki") if f.endswith(".tmp")]

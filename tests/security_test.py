@@ -148,6 +148,26 @@ def test_local_step_cannot_read_other_party_share():
         rt.local(CP, lambda a: a, secret_cs)
 
 
+def test_local_step_cannot_read_other_party_share_through_a_closure():
+    """The closure bypass: a CP step that captures both shares (or a Shared, or a C-S key's
+    tensor) instead of passing them as arguments is refused, and nothing is returned to send on."""
+    rt = Runtime(ProtocolConfig(), simulation_keys(jax.random.key(0)))
+    x = share(rt, rt.input(CLIENT, jnp.arange(4, dtype=jnp.uint64)), CLIENT)
+    with pytest.raises(SecurityError, match="CP's local step read a value held only by {CLIENT}"):
+        rt.local(CP, lambda: x.c.value + x.s.value)
+    with pytest.raises(SecurityError, match="SERVER's local step"):
+        rt.local(SERVER, lambda s: s + x.c.value, x.s)
+    secret_cs = rt.random(C_S, RING64, (4,), "r")
+    with pytest.raises(SecurityError, match="CP's local step"):
+        rt.local(CP, lambda: secret_cs.value * 2)
+    with pytest.raises(SecurityError):  # a pytree of shares captured whole
+        rt.local(CP, lambda: jax.tree_util.tree_leaves(x)[0])
+    # what a party holds it may read through a closure; outside local steps values are readable
+    y = rt.local(CLIENT, lambda: x.c.value + 1)
+    np.testing.assert_array_equal(np.asarray(y.value), np.asarray(x.c.value) + 1)
+    assert y.owners == {CLIENT}
+
+
 def test_party_holds_only_its_keys():
     keys = simulation_keys(jax.random.key(0)).restrict(CLIENT)
     assert keys.holds(C_S) and keys.holds(owners(CLIENT)) and not keys.holds(owners(SERVER))

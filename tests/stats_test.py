@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxmpc import pipeline as pl
-from jaxmpc import stats
+from jaxmpc import stats  # the old path of jaxmpc.train's interval functions (an alias)
+from jaxmpc import train
 
 
 @pytest.mark.parametrize("k,n", [(81, 263), (0, 10), (10, 10), (359, 359), (333, 359), (1, 2)])
@@ -18,6 +19,19 @@ def test_wilson_interval_matches_scipy(k, n):
     assert lo == pytest.approx(want.low, abs=1e-12) and hi == pytest.approx(want.high, abs=1e-12)
     lo90, hi90 = stats.wilson_interval(k, n, confidence=0.9)
     assert lo <= lo90 <= hi90 <= hi
+
+
+def test_old_module_path_is_the_same_module():
+    assert stats.wilson_interval is train.wilson_interval and stats.paired_difference is train.paired_difference
+
+
+def test_wilson_interval_covers_the_true_proportion():
+    """Coverage by simulation (independent of the formula): near 95% even at small n and p near 1."""
+    rng = np.random.default_rng(3)
+    for n, p in [(359, 0.92), (128, 0.97), (40, 0.5)]:
+        k = rng.binomial(n, p, size=4000)
+        cover = np.mean([lo <= p <= hi for lo, hi in (stats.wilson_interval(int(x), n) for x in k)])
+        assert 0.93 <= cover <= 0.975, (n, p, cover)
 
 
 def test_wilson_interval_known_value_and_bad_input():
@@ -71,22 +85,30 @@ def _write(path, obj):
         json.dump(obj, f)
 
 
-def test_report_shows_intervals_seed_spread_and_paired_verdicts(tmp_path):
-    """A work folder written by hand (no training): the report's numbers follow from the files."""
+def _workdir(tmp_path, correct, drelus=None, n=300):
+    """A work folder written by hand (no training) with ``correct[method]``: [seeds, n] per-image results."""
     wd = pl.Workdir(str(tmp_path))
-    wd.save_config(pl.PipelineConfig(budgets=(0.1,), finetune_seeds=2))
-    n = 300
+    seeds = len(next(iter(correct.values())))
+    wd.save_config(pl.PipelineConfig(budgets=(0.1,), finetune_seeds=seeds))
     _write(wd.path("train", "result.json"), {"test": {"accuracy": 0.97, "count": n}})
-    rng = np.random.default_rng(1)
-    u = rng.random((2, n))
-    correct = {"knapsack": u < 0.93, "uniform": u < 0.80, "random": rng.random((2, n)) < 0.93}
     for method, c in correct.items():
         tag = f"{method}_10pct"
-        _write(wd.path("plans", f"{tag}.summary.json"), {"tag": tag, "drelus": 230, "ratio": 0.1, "budget": 0.1})
-        for k in range(2):
+        d = (drelus or {}).get(method, 230)
+        _write(wd.path("plans", f"{tag}.summary.json"), {"tag": tag, "drelus": d, "ratio": d / 2300, "budget": 0.1})
+        for k in range(seeds):
             _write(os.path.join(wd.finetune_seed(tag, k), "result.json"),
                    {"test": {"accuracy": float(c[k].mean()), "count": n}, "before_finetune": {"accuracy": 0.3}})
         _write(os.path.join(wd.finetune(tag), "test_correct.json"), {"correct": c.astype(int).tolist()})
+    return wd
+
+
+def test_report_shows_intervals_seed_spread_and_paired_verdicts(tmp_path):
+    """The report's numbers follow from the files."""
+    n = 300
+    rng = np.random.default_rng(1)
+    u = rng.random((2, n))
+    correct = {"knapsack": u < 0.93, "uniform": u < 0.80, "random": rng.random((2, n)) < 0.93}
+    wd = _workdir(tmp_path, correct, n=n)
     s = pl.report_step(wd, plots=False)
     rows = {r["method"]: r for r in s["rows"]}
     k = rows["knapsack"]["accuracy"]
@@ -102,3 +124,33 @@ def test_report_shows_intervals_seed_spread_and_paired_verdicts(tmp_path):
     lo, hi = stats.wilson_interval(0.97 * n, n)
     assert f"97.00 [{100 * lo:.1f}, {100 * hi:.1f}]" in text
     assert f"±{100 * k['sd']:.2f} (2)" in text and "knapsack better" in text and "Wilson" in text
+    # the headline is computed: random is within noise here, so the advantage is not established
+    assert s["headline"]["budgets"][0]["status"] == "no" and not s["headline"]["visible"]
+    assert "NOT established" in text and "random within noise" in text
+
+
+@pytest.mark.parametrize("gap, random_drelus, status", [
+    (0.20, 230, "visible"),          # far apart: paired interval above 0 and accuracy intervals apart
+    (0.04, 230, "paired"),           # paired interval above 0, the accuracies' intervals overlap
+    (0.20, 150, "not comparable"),   # random's spec uses 65% of the DReLUs: not at equal budget
+])
+def test_headline_follows_the_intervals(tmp_path, gap, random_drelus, status):
+    n = 359
+    rng = np.random.default_rng(2)
+    u = rng.random((3, n))
+    correct = {"knapsack": u < 0.93, "uniform": u < 0.93 - gap, "random": u < 0.93 - gap}
+    s = pl.report_step(_workdir(tmp_path, correct, {"random": random_drelus}, n=n), plots=False)
+    h = s["headline"]
+    assert h["budgets"][0]["status"] == status, h
+    rows = {r["method"]: r["accuracy"] for r in s["rows"]}
+    apart = all(rows["knapsack"]["lo"] > rows[m]["hi"] for m in ("uniform", "random"))
+    assert apart == (status == "visible" or (status == "not comparable" and gap == 0.20))
+    text = open(os.path.join(str(tmp_path), "report", "summary.md")).read()
+    assert h["lines"][0] in text
+    if status == "visible":
+        assert h["visible"] == [0.1] and "visible beyond the 95% intervals at 10%" in text
+    elif status == "paired":
+        assert h["paired"] == [0.1] and h["visible"] == [] and "overlaps" in text
+    else:
+        assert "random uses 6.5% of the DReLUs" in text and "NOT established" in text
+

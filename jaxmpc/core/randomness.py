@@ -1,4 +1,4 @@
-"""Correlated randomness from explicit, counter-based keys.
+"""Correlated randomness: 256-bit keys, the ChaCha20 PRG and per-operation derivation.
 
 Every random tensor of a protocol is drawn from the key of the set of parties that must know it
 (client-server, client-CP, server-CP, or one party alone) and a *stable operation id*: a 64-bit
@@ -8,25 +8,33 @@ any order (random access, unlike the reference implementation's order-sensitive 
 with hard-coded seeds, ``paper_reference.md`` §1.2), and a party that does not hold a key
 cannot derive its tensors.
 
-Construction (Threefry-2x32 as a PRF, Salmon et al., SC 2011, the generator behind
-``jax.random``, implemented in :func:`threefry2x32`):
+Construction: ChaCha20 (Bernstein 2008; RFC 8439), 256-bit keys, in pure 32-bit
+add/xor/rotate ``jax.numpy`` code (:func:`chacha20_block`, checked against RFC 8439's test
+vectors in ``tests/randomness_test.py``):
 
-* a *stage* (a top-level protocol scope, e.g. one layer) draws all its randomness at once: for
-  each key set ``S`` the stage key is ``K = Threefry_{K_S}(id)`` with ``id`` the 64-bit hash of
-  the stage path, and the stage's requests for ``S`` take consecutive counter ranges of the
-  stream ``Threefry_K(0, i)`` in request order (fixed by the protocol code, identical for every
-  party); each stream is one fused kernel (:func:`stream_words`);
-* without a plan (a runtime used directly) every request is its own stage, keyed by its op id.
+* **derivation** (:func:`request_keys`): ``K' = ChaCha20_K(counter 0, nonce (id_0, id_1, tag))``,
+  its first 8 output words -- the ChaCha20 block function used as a PRF from a 96-bit input to a
+  256-bit key;
+* **streams** (:func:`stream_words`): word ``i`` of the stream of key ``K'`` is the ``i``-th
+  little-endian 64-bit word of ChaCha20's keystream under ``K'`` (nonce 0, block counter from 0);
+* a *stage* (a top-level protocol scope, e.g. one layer) draws all its words at once: for each
+  key set ``S`` the stage key is ``K_S'`` derived from the 64-bit hash of the stage path, and the
+  stage's requests for ``S`` take consecutive ranges of its stream in request order (fixed by the
+  protocol code, identical for every party); without a plan every request is its own stage,
+  keyed by its op id. A chunked layer (``Runtime.chunked``) derives one stage key per chunk.
 
-Two runtimes agree on every tensor iff they use the same mode, which all entry points do
-(:func:`jaxmpc.simulate.run_planned`). Batching matters: XLA-CPU spends ~0.2-0.5 s compiling
-each separate Threefry kernel, which made a network of a few hundred random tensors take
-minutes to compile, and runs the primitive 5x slower than the fused form.
+Keys: networked parties agree 256-bit pairwise keys from OS entropy (``jaxmpc.net``) and
+draw their own with :func:`fresh_key_words`; a simulation derives the six key-set keys from one
+root key (:func:`simulation_keys`): by default 256 fresh bits from OS entropy, or, for a
+reproducible experiment, a ``jax.random`` key (whose entropy is only that of the ``jax.random``
+seed -- fine for tests, never for deployment).
 
-Keys come from the caller (simulation: :func:`simulation_keys` derives the six key-set keys from
-one ``jax.random`` key) or, for networked runs, from OS entropy agreed pairwise at start-up
-(``jaxmpc.net``). Threefry is the counter-based PRF of JAX, not a vetted cryptographic PRG;
-swap :func:`expand_words` for an AES-CTR or ChaCha implementation for production use.
+XLA notes (measured on XLA:CPU; ``BENCHMARKS.md``): the 20 rounds run as a 10-iteration loop of
+double rounds over the 16 state lanes. Unrolled, XLA computes each of the 16 output lanes in its
+own fusion and so recomputes the whole block per lane (and a stacked output 16 times). The loop
+materialises the state after each double round (~16 ns per 64-bit word on one core, compile
+under a second) and makes the stream a buffer that consumers read, instead of a PRF that XLA
+fuses into every consumer and recomputes there.
 """
 
 from __future__ import annotations
@@ -42,11 +50,19 @@ from jax import lax
 
 from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, Party, owners
 
-__all__ = ["PartyKeys", "simulation_keys", "op_id", "request_keys", "expand_words", "KEY_SETS", "fresh_key_words",
-           "key_words", "threefry2x32"]
+__all__ = ["PartyKeys", "simulation_keys", "op_id", "request_keys", "stream_words", "KEY_SETS", "KEY_WORDS",
+           "KEY_BYTES", "fresh_key_words", "key_words", "key_from_bytes", "chacha20_block", "chacha20_words"]
 
 KEY_SETS = (C_S, C_CP, S_CP, owners(CLIENT), owners(SERVER), owners(CP))
+KEY_WORDS = 8  # 256-bit ChaCha20 keys, as eight uint32 words (little endian)
+KEY_BYTES = 4 * KEY_WORDS
 U32 = jnp.uint32
+_SIGMA = (0x61707865, 0x3320646E, 0x79622D32, 0x6B206574)  # "expand 32-byte k"
+_COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
+_DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
+_TAG_DERIVE = 0x6B657973  # "keys": the nonce word of key derivation
+_TAG_SIM = 0x6A786D70  # "jxmp": the six simulation keys
+_BLOCKS_PER_CHUNK = 1 << 14  # ChaCha blocks per loop iteration of a long stream (16 lanes x 64 KiB)
 
 
 def op_id(path: tuple[str, ...], name: str, count: int) -> tuple[int, int]:
@@ -56,95 +72,144 @@ def op_id(path: tuple[str, ...], name: str, count: int) -> tuple[int, int]:
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
 
 
-def key_words(key) -> jax.Array:
-    """Two ``uint32`` Threefry key words from a ``jax.random`` key of any implementation."""
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return jax.random.bits(key, (2,), U32)
-    arr = jnp.asarray(key)
-    if arr.dtype == U32 and arr.shape == (2,):
-        return arr
-    raise TypeError("expected a jax.random.key(...) or a uint32[2] key")
-
-
 def fresh_key_words() -> np.ndarray:
-    """Two ``uint32`` key words from OS entropy (never a fixed seed)."""
-    return np.frombuffer(secrets.token_bytes(8), dtype=np.uint32).copy()
+    """A 256-bit key (eight ``uint32`` words) from OS entropy (``secrets``; never a fixed seed)."""
+    return key_from_bytes(secrets.token_bytes(KEY_BYTES))
 
 
-_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+def key_from_bytes(data: bytes) -> np.ndarray:
+    """The eight little-endian ``uint32`` key words of a 32-byte key."""
+    data = bytes(data)
+    if len(data) != KEY_BYTES:
+        raise ValueError(f"a key has {KEY_BYTES} bytes (256 bits), got {len(data)}")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
 
 
-def threefry2x32(k0, k1, x0, x1):
-    """Threefry-2x32 with 20 rounds (Salmon et al., SC 2011), elementwise on ``uint32`` arrays.
+def key_words(key) -> jax.Array:
+    """The eight ``uint32`` root-key words of a simulation key.
 
-    Bit-identical to ``jax.random``'s Threefry (``tests/randomness_test.py`` checks it), written
-    with plain ``jax.numpy`` ops so that XLA fuses it with its inputs (iotas, broadcast keys):
-    on XLA-CPU this runs about 5x faster than the ``threefry2x32`` primitive, whose CPU lowering
-    materialises every operand.
+    Accepts ``uint32[8]`` key words (e.g. :func:`fresh_key_words`) or a ``jax.random`` key (its
+    bits are expanded to 256; reproducible, with the entropy of the ``jax.random`` seed only).
     """
-
-    def rotl(v, r):
-        return (v << U32(r)) | (v >> U32(32 - r))
-
-    k0, k1 = jnp.asarray(k0, U32), jnp.asarray(k1, U32)
-    ks = (k0, k1, k0 ^ k1 ^ U32(0x1BD11BDA))
-    x0 = jnp.asarray(x0, U32) + ks[0]
-    x1 = jnp.asarray(x1, U32) + ks[1]
-    for i in range(5):
-        for j in range(4):
-            x0 = x0 + x1
-            x1 = rotl(x1, _ROTATIONS[(i % 2) * 4 + j]) ^ x0
-        x0 = x0 + ks[(i + 1) % 3]
-        x1 = x1 + ks[(i + 2) % 3] + U32(i + 1)
-    return x0, x1
+    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.bits(key, (KEY_WORDS,), U32)
+    arr = jnp.asarray(key)
+    if arr.dtype == U32 and arr.shape == (KEY_WORDS,):
+        return arr
+    raise TypeError(f"expected a jax.random.key(...) or uint32[{KEY_WORDS}] key words, got {arr.dtype}{list(arr.shape)}")
 
 
-def request_keys(base: jax.Array, ids: np.ndarray) -> jax.Array:
-    """Per-request keys ``Threefry_{base_r}(id_r)``: ``base`` ``[R, 2]`` uint32, ``ids`` ``[R, 2]``."""
-    base = jnp.asarray(base, U32)
-    ids = jnp.asarray(np.asarray(ids, np.uint32))
-    y0, y1 = threefry2x32(base[:, 0], base[:, 1], ids[:, 0], ids[:, 1])
-    return jnp.stack([y0, y1], axis=1)
+# ----------------------------------------------------------------------------------------------
+# ChaCha20 (RFC 8439)
 
 
-def stream_words(keys: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
-    """Concatenated counter-mode streams: ``sizes[s]`` ``uint64`` words under key ``keys[s]``, word
-    ``i`` of stream ``s`` being ``Threefry_{keys[s]}(0, i)``.
+def _rotl(v, r: int):
+    return (v << U32(r)) | (v >> U32(32 - r))
 
-    One fused elementwise kernel for all streams: the key and the counter of each position are
-    selected by comparisons with the (static) stream boundaries, so nothing is materialised but
-    the output (10^8 words compile in ~0.1 s and run at ~10 ns per word on XLA-CPU).
+
+def _quarter_round(a, b, c, d):
+    """RFC 8439 §2.1."""
+    a = a + b
+    d = _rotl(d ^ a, 16)
+    c = c + d
+    b = _rotl(b ^ c, 12)
+    a = a + b
+    d = _rotl(d ^ a, 8)
+    c = c + d
+    b = _rotl(b ^ c, 7)
+    return a, b, c, d
+
+
+def _double_round(x):
+    x = list(x)
+    for groups in (_COLUMNS, _DIAGONALS):
+        for g in groups:
+            out = _quarter_round(*(x[i] for i in g))
+            for i, v in zip(g, out):
+                x[i] = v
+    return tuple(x)
+
+
+def chacha20_block(key, counter, nonce) -> tuple:
+    """The ChaCha20 block function (RFC 8439 §2.3), elementwise: 16 ``uint32`` output words.
+
+    Args:
+      key: eight ``uint32`` words (scalars or arrays broadcastable with ``counter``).
+      counter: ``uint32`` block counter(s), e.g. an iota.
+      nonce: three ``uint32`` words (scalars or arrays).
+
+    Returns:
+      a tuple of 16 ``uint32`` arrays of ``counter``'s broadcast shape: the serialised block's
+      words (RFC 8439 §2.3.2 lists them for its test key).
     """
-    total = int(sum(sizes))
-    if total == 0:
+    counter = jnp.asarray(counter, U32)
+    shape = jnp.broadcast_shapes(counter.shape, *(jnp.shape(k) for k in key), *(jnp.shape(v) for v in nonce))
+    words = [jnp.full(shape, c, U32) for c in _SIGMA] + [jnp.broadcast_to(jnp.asarray(k, U32), shape) for k in key]
+    words += [jnp.broadcast_to(counter, shape)] + [jnp.broadcast_to(jnp.asarray(v, U32), shape) for v in nonce]
+    init = tuple(words)
+    x = lax.fori_loop(0, 10, lambda _, s: _double_round(s), init)
+    return tuple(a + b for a, b in zip(x, init))
+
+
+def _keystream_blocks(key, first_block, n_blocks: int):
+    """``uint32[n_blocks, 16]``: keystream blocks ``first_block ..`` of ``key`` (nonce 0)."""
+    zero = U32(0)
+
+    def run(start, n):
+        out = chacha20_block(key, start + lax.iota(U32, n), (zero, zero, zero))
+        return jnp.stack(out, axis=1)
+
+    if n_blocks <= _BLOCKS_PER_CHUNK:
+        return run(jnp.asarray(first_block, U32), n_blocks)
+    n_chunks = -(-n_blocks // _BLOCKS_PER_CHUNK)
+    starts = jnp.asarray(first_block, U32) + U32(_BLOCKS_PER_CHUNK) * jnp.arange(n_chunks, dtype=U32)
+    out = lax.map(lambda s: run(s, _BLOCKS_PER_CHUNK), starts)
+    return out.reshape(n_chunks * _BLOCKS_PER_CHUNK, 16)[:n_blocks]
+
+
+def chacha20_words(key, n_words: int, first_word: int = 0) -> jax.Array:
+    """``uint64[n_words]``: words ``first_word ..`` of ChaCha20's keystream under ``key`` (nonce 0),
+    each eight keystream bytes read little endian. ``first_word`` must be a multiple of 8 (a
+    block boundary); a stream may have at most ``2^35`` words (the 32-bit block counter)."""
+    if first_word % 8:
+        raise ValueError("first_word must be a multiple of 8 (a ChaCha20 block boundary)")
+    if first_word + n_words > 8 * 2**32:
+        raise ValueError("a ChaCha20 stream has at most 2^35 64-bit words; use smaller stages")
+    if n_words == 0:
         return jnp.zeros((0,), jnp.uint64)
-    if total >= 2**32:
-        raise ValueError("a randomness stage may not exceed 2^32 words; use smaller scopes (stages)")
+    key = [jnp.asarray(key, U32)[i] for i in range(KEY_WORDS)]
+    n_blocks = -(-n_words // 8)
+    lanes = _keystream_blocks(key, first_word // 8, n_blocks).reshape(n_blocks * 8, 2)
+    words = (lanes[:, 1].astype(jnp.uint64) << jnp.uint64(32)) | lanes[:, 0].astype(jnp.uint64)
+    return words[:n_words]
+
+
+def request_keys(base, ids) -> jax.Array:
+    """Derived keys ``[R, 8]``: row ``r`` is the first half of ``ChaCha20_{base_r}(0, (id_r, tag))``.
+
+    Args:
+      base: ``uint32[R, 8]`` (or ``[8]``, broadcast) parent keys.
+      ids: ``uint32[R, 2]`` 64-bit ids (static numpy or traced).
+    """
+    ids = jnp.asarray(ids, U32)
+    base = jnp.broadcast_to(jnp.asarray(base, U32), (ids.shape[0], KEY_WORDS))
+    out = chacha20_block([base[:, i] for i in range(KEY_WORDS)], U32(0),
+                         (ids[:, 0], ids[:, 1], jnp.full(ids.shape[:1], _TAG_DERIVE, U32)))
+    return jnp.stack(out[:KEY_WORDS], axis=1)
+
+
+def stream_words(keys, sizes: tuple[int, ...]) -> jax.Array:
+    """Concatenated streams: ``sizes[s]`` ``uint64`` words of the keystream of ``keys[s]``."""
     keys = jnp.asarray(keys, U32)
-    i = lax.iota(U32, total)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.uint32)
-    k0 = jnp.broadcast_to(keys[0, 0], (total,))
-    k1 = jnp.broadcast_to(keys[0, 1], (total,))
-    base = jnp.zeros((total,), U32)
-    for s in range(1, len(sizes)):
-        if sizes[s] == 0:
-            continue
-        inside = i >= U32(starts[s])
-        k0 = jnp.where(inside, keys[s, 0], k0)
-        k1 = jnp.where(inside, keys[s, 1], k1)
-        base = jnp.where(inside, U32(starts[s]), base)
-    y0, y1 = threefry2x32(k0, k1, jnp.zeros((total,), U32), i - base)
-    return (y0.astype(jnp.uint64) << jnp.uint64(32)) | y1.astype(jnp.uint64)
-
-
-def expand_words(keys: jax.Array, sizes: tuple[int, ...]) -> jax.Array:
-    """Alias of :func:`stream_words` (one stream per key)."""
-    return stream_words(keys, sizes)
+    parts = [chacha20_words(keys[s], int(n)) for s, n in enumerate(sizes) if n]
+    if not parts:
+        return jnp.zeros((0,), jnp.uint64)
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
 
 
 @dataclasses.dataclass(frozen=True)
 class PartyKeys:
-    """The key-set keys one runtime holds (``uint32[2]`` Threefry key words each).
+    """The key-set keys one runtime holds (``uint32[8]``: 256-bit ChaCha20 keys).
 
     A simulation holds all six; a networked party holds only the three sets it belongs to.
     Registered as a pytree (the keys are leaves), so it can be a jit argument.
@@ -153,9 +218,12 @@ class PartyKeys:
     keys: dict
 
     def __post_init__(self):
-        for s in self.keys:
+        for s, k in self.keys.items():
             if s not in KEY_SETS:
                 raise ValueError(f"no key set {set(s)}; expected one of {[sorted(k) for k in KEY_SETS]}")
+            shape = getattr(k, "shape", None)  # pytree unflattening may pass placeholders
+            if shape is not None and tuple(shape) != (KEY_WORDS,):
+                raise ValueError(f"a key is uint32[{KEY_WORDS}] (256 bits), got shape {tuple(shape)}")
 
     def holds(self, key_set: frozenset) -> bool:
         return key_set in self.keys
@@ -184,8 +252,8 @@ jax.tree_util.register_pytree_node(PartyKeys, _flatten, _unflatten)
 
 
 def simulation_keys(key) -> PartyKeys:
-    """Derives the six key-set keys from one ``jax.random`` key (simulation only)."""
+    """Derives the six key-set keys from one root key (simulation only; see :func:`key_words`)."""
     base = key_words(key)
-    ids = np.array([[0x6A786D70, i] for i in range(len(KEY_SETS))], np.uint32)  # "jxmp", i
-    derived = request_keys(jnp.broadcast_to(base, (len(KEY_SETS), 2)), ids)
+    ids = np.array([[_TAG_SIM, i] for i in range(len(KEY_SETS))], np.uint32)
+    derived = request_keys(base, ids)
     return PartyKeys({s: derived[i] for i, s in enumerate(KEY_SETS)})

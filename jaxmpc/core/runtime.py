@@ -26,6 +26,7 @@ and a networked run of the same protocol log exactly the same messages.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,14 +34,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxmpc.core.comm import CommRecord, Message
 from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.core.parties import PARTIES, Party
 from jaxmpc.core.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
 
-__all__ = ["Held", "Runtime", "SecurityError", "Transport"]
+__all__ = ["Held", "Runtime", "SecurityError", "Transport", "reshape_held", "slice_held"]
+
+_CHUNK_TAG = 0x63686E6B  # "chnk": chunk keys of a chunked region
 
 
 class SecurityError(PermissionError):
@@ -56,19 +58,37 @@ def _party_set(parties) -> tuple[Party, ...]:
     return out
 
 
+# The parties whose local step is running (``Runtime.local``), or None outside local steps. Read
+# by ``Held.value``: a local step cannot read another party's value through a closure either.
+_LOCAL_READERS: contextvars.ContextVar = contextvars.ContextVar("jaxmpc_local_readers", default=None)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Held:
     """A value and the hop at which each party knows it.
 
     Attributes:
       value: the array (or, in party mode where this party does not hold it, a
-        ``jax.ShapeDtypeStruct`` placeholder).
+        ``jax.ShapeDtypeStruct`` placeholder). Inside a local step of parties ``P``
+        (``rt.local(P, fn)``), reading the value of a ``Held`` that some party of ``P`` does not
+        hold raises :class:`SecurityError` -- also through a closure of ``fn``.
       times: per party (indexed by ``Party``): the hop at which it knows the value, ``-1`` for
         input-independent values known before the online phase, ``None`` if it never does.
     """
 
-    value: Any
+    data: Any
     times: tuple
+
+    @property
+    def value(self):
+        readers = _LOCAL_READERS.get()
+        if readers is not None:
+            for p in readers:
+                if self.times[p] is None:
+                    owners = ",".join(q.name for q in sorted(self.owners)) or "nobody"
+                    raise SecurityError(f"{Party(p).name}'s local step read a value held only by {{{owners}}} "
+                                        "(through a closure or a captured Held)")
+        return self.data
 
     @property
     def owners(self) -> frozenset:
@@ -82,11 +102,11 @@ class Held:
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.value.shape)
+        return tuple(self.data.shape)
 
     @property
     def dtype(self):
-        return self.value.dtype
+        return self.data.dtype
 
     @property
     def size(self) -> int:
@@ -155,10 +175,13 @@ class Runtime:
         shapes): random words are then drawn per stage in one call. Values are identical with
         and without a plan; only the compiled program is smaller.
       stage_depth: scope depth that delimits randomness stages (1: each top-level scope).
+      memory_budget: working-set bytes that one chunk of a large nonlinear protocol may use
+        (:meth:`chunk_elements`, :meth:`chunked`); ``None``: no chunking.
     """
 
     def __init__(self, config: ProtocolConfig, keys: PartyKeys, role: Party | None = None,
-                 transport: Transport | None = None, plan: "RandomPlan | None" = None, stage_depth: int = 1):
+                 transport: Transport | None = None, plan: "RandomPlan | None" = None, stage_depth: int = 1,
+                 memory_budget: int | None = None):
         if not isinstance(config, ProtocolConfig):
             raise TypeError(f"config must be a ProtocolConfig, got {type(config).__name__}")
         self.config = config
@@ -173,6 +196,10 @@ class Runtime:
         self.transcript: list | None = None  # set to [] to keep (ring, value) of every message (tests)
         self.plan = plan
         self.stage_depth = stage_depth
+        if memory_budget is not None and int(memory_budget) <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        self.memory_budget = None if memory_budget is None else int(memory_budget)
+        self._chunk: tuple | None = None  # (traced chunk index, region stage) inside a chunked body
         self._stage_words: dict = {}
         self._recording: list | None = None
         self._path: list[str] = []
@@ -280,14 +307,18 @@ class Runtime:
         times = tuple(times)
 
         def unwrap(a):
-            return a.value if isinstance(a, Held) else a
+            return a.data if isinstance(a, Held) else a
 
         vargs = [unwrap(a) for a in args]
         vkw = {k: unwrap(v) for k, v in kwargs.items()}
-        if any(self.holds(p) for p in ps):
-            out = fn(*vargs, **vkw)
-        else:
-            out = jax.eval_shape(lambda *a: fn(*a, **vkw), *vargs)
+        token = _LOCAL_READERS.set(ps)
+        try:
+            if any(self.holds(p) for p in ps):
+                out = fn(*vargs, **vkw)
+            else:
+                out = jax.eval_shape(lambda *a: fn(*a, **vkw), *vargs)
+        finally:
+            _LOCAL_READERS.reset(token)
         if isinstance(out, tuple):
             return tuple(Held(o, times) for o in out)
         return Held(out, times)
@@ -353,7 +384,10 @@ class Runtime:
 
     @property
     def stage(self) -> tuple[str, ...]:
-        """The randomness stage of the current scope: all its random words are drawn at once."""
+        """The randomness stage of the current scope: all its random words are drawn at once
+        (inside a chunked region: the region, per chunk)."""
+        if self._chunk is not None:
+            return self._chunk[1]
         return self.path[: self.stage_depth]
 
     def _words(self, key_set: frozenset, ident: tuple[int, int], n: int):
@@ -367,7 +401,7 @@ class Runtime:
                 raise RuntimeError("random plan does not match the protocol (changed between passes?)")
             return parts[ident]
         keys = request_keys(self.keys.get(key_set)[None, :], np.array([ident], np.uint32))
-        return lax.optimization_barrier(stream_words(keys, (n,)))
+        return stream_words(keys, (n,))
 
     def _draw_stage(self, stage: tuple, requests) -> dict:
         """All words of a stage this runtime may derive: one counter-mode stream per key set."""
@@ -378,25 +412,104 @@ class Runtime:
             if not reqs or not self.keys.holds(ks):
                 continue
             key = request_keys(self.keys.get(ks)[None, :], np.array([stage_id], np.uint32))
+            if self._chunk is not None and stage == self._chunk[1]:  # one key per chunk of the region
+                index = jnp.asarray(self._chunk[0], jnp.uint32)
+                key = request_keys(key, jnp.stack([jnp.uint32(_CHUNK_TAG), index])[None, :])
             words = stream_words(key, (sum(n for _, n in reqs),))
             parts, off = [], 0
             for _, n in reqs:
                 parts.append(words[off: off + n])
                 off += n
-            # one buffer per request, materialised once (otherwise XLA fuses the PRF into every
-            # consumer and recomputes it); one scalar-keyed stream per key set vectorises best
-            parts = lax.optimization_barrier(tuple(parts))
+            # the stream is the output of ChaCha20's round loop: a buffer computed once, which
+            # consumers slice (an elementwise PRF would be fused into, and recomputed by, each)
             out.update({ident: part for (ident, _), part in zip(reqs, parts)})
         return out
 
+    # -- chunked regions ----------------------------------------------------------------------
+    def chunk_elements(self, bytes_per_element: int, minimum: int = 1024) -> int | None:
+        """Elements per chunk of a protocol whose working set is ``bytes_per_element`` per element
+        under this runtime's memory budget (``None``: unbounded, or a message transcript is kept)."""
+        if self.memory_budget is None or self.transcript is not None or not self.simulated:
+            return None
+        return max(int(minimum), self.memory_budget // max(int(bytes_per_element), 1))
+
+    def chunked(self, name: str, fn: Callable, inputs: tuple, chunk: int) -> tuple:
+        """``fn(*inputs)`` evaluated in chunks of ``chunk`` elements along the leading axis.
+
+        ``fn`` maps a tuple of :class:`Held` (leading axis = elements) to a tuple of ``Held``
+        with the same leading axis, elementwise along it (a protocol on a flat batch of
+        elements). The full chunks run in one ``lax.map`` (XLA keeps one chunk's working set
+        alive, not the layer's), the remainder as one more call; messages and notes are counted
+        for every element, so the communication record equals the unchunked one. Each chunk
+        draws its randomness from its own key (the region's stage key and the chunk index).
+        Simulation only (in party mode the caller does not chunk: :meth:`chunk_elements`).
+        """
+        n = int(inputs[0].shape[0])
+        chunk = int(chunk)
+        if any(int(h.shape[0]) != n for h in inputs):
+            raise ValueError("chunked: every input needs the same leading (element) axis")
+        full = n // chunk
+        if full <= 1 or not self.simulated:
+            return fn(*inputs)
+        rest = n - full * chunk
+        with self.scope(name):
+            region = ("#chunked",) + self.path
+            start_msg, start_note = len(self.messages), len(self.notes)
+            out_meta: list = []
+
+            def body(args):
+                index, vals = args
+                helds = tuple(Held(v, h.times) for v, h in zip(vals, inputs))
+                saved, self._chunk = self._chunk, (index, region)
+                stage_keys = set(self._stage_words)
+                try:
+                    with self.scope("map"):
+                        outs = fn(*helds)
+                finally:
+                    self._chunk = saved
+                    for k in set(self._stage_words) - stage_keys:  # body tracers: never reuse outside
+                        del self._stage_words[k]
+                out_meta.append(tuple(o.times for o in outs))
+                return tuple(o.value for o in outs)
+
+            vals = tuple(h.value[: full * chunk].reshape((full, chunk) + tuple(h.shape[1:])) for h in inputs)
+            mapped = jax.lax.map(body, (jnp.arange(full, dtype=jnp.uint32), vals))
+            outs = tuple(Held(v.reshape((full * chunk,) + v.shape[2:]), t) for v, t in zip(mapped, out_meta[-1]))
+            body_msgs, body_notes = self.messages[start_msg:], self.notes[start_note:]
+            del self.messages[start_msg:], self.notes[start_note:]
+            rest_msgs, rest_notes = [], []
+            if rest:
+                with self.scope("rest"):
+                    tail = fn(*(slice_held(h, full * chunk, n) for h in inputs))
+                outs = tuple(Held(jnp.concatenate([a.value, b.value]), a.times) for a, b in zip(outs, tail))
+                rest_msgs, rest_notes = self.messages[start_msg:], self.notes[start_note:]
+                del self.messages[start_msg:], self.notes[start_note:]
+                if [(m.src, m.dst, m.sent) for m in rest_msgs] != [(m.src, m.dst, m.sent) for m in body_msgs]:
+                    raise RuntimeError(f"chunked {name}: the protocol's messages depend on the chunk size")
+            # one record, as if unchunked: every message counted for all n elements, under the
+            # caller's scope (the region's own scope names only separate the random streams)
+            depth = len(self.path) - 1
+
+            def unscoped(path):
+                return path[:depth] + path[depth + 2:]
+
+            for i, m in enumerate(body_msgs):
+                extra = rest_msgs[i].nbytes if rest_msgs else 0
+                self.messages.append(dataclasses.replace(m, path=unscoped(m.path), nbytes=m.nbytes * full + extra))
+            for i, (path, what, count) in enumerate(body_notes):
+                extra = rest_notes[i][2] if rest_notes else 0
+                self.notes.append((unscoped(path), what, count * full + extra))
+        return outs
+
     @classmethod
-    def record(cls, config: ProtocolConfig, body: Callable, *abstract_args, stage_depth: int = 1) -> "RandomPlan":
+    def record(cls, config: ProtocolConfig, body: Callable, *abstract_args, stage_depth: int = 1,
+               memory_budget: int | None = None) -> "RandomPlan":
         """Traces ``body(rt, *args)`` abstractly (``jax.eval_shape``) and returns its random plan.
 
         The plan lists every random request by stage so that a second, real trace can draw each
         stage's words with one vectorised PRF call (see :mod:`jaxmpc.core.randomness`).
         """
-        rec = cls(config, PartyKeys({}), stage_depth=stage_depth)
+        rec = cls(config, PartyKeys({}), stage_depth=stage_depth, memory_budget=memory_budget)
         rec._recording = []
         jax.eval_shape(lambda *a: body(rec, *a), *abstract_args)
         return RandomPlan.from_requests(rec._recording)
@@ -407,6 +520,17 @@ class Runtime:
         return CommRecord.from_messages(self.messages)
 
 
-def hold_all(rt: Runtime, parties: Iterable[Party], value) -> Held:
-    """A value computed identically by ``parties`` from public data (known at hop -1)."""
-    return rt.local(tuple(parties), lambda v: v, rt.public(value))
+def reshape_held(h: Held, shape) -> Held:
+    """``h`` reshaped (a placeholder stays a placeholder of the new shape)."""
+    shape = tuple(int(d) for d in shape)
+    if _is_placeholder(h.value):
+        return Held(jax.ShapeDtypeStruct(shape, h.value.dtype), h.times)
+    return Held(h.value.reshape(shape), h.times)
+
+
+def slice_held(h: Held, start: int, stop: int) -> Held:
+    """Rows ``start:stop`` of ``h`` along its leading axis."""
+    if _is_placeholder(h.value):
+        return Held(jax.ShapeDtypeStruct((stop - start,) + tuple(h.shape[1:]), h.value.dtype), h.times)
+    return Held(h.value[start:stop], h.times)
+

@@ -17,7 +17,7 @@ from jaxmpc.inference.interpreter import Interpreter, Pending
 from jaxmpc.inference.report import SecureReport
 from jaxmpc.core.randomness import simulation_keys
 from jaxmpc.core.ring import ENCODE_LIMIT, encode
-from jaxmpc.simulate import StaticValue, check_key, run_planned
+from jaxmpc.simulate import StaticValue, check_key, memory_budget_bytes, run_planned
 
 __all__ = ["secure_apply", "fixed_point_apply", "secure_cost", "trace_model", "TracedModel"]
 
@@ -191,8 +191,8 @@ def _program(backend, traced: TracedModel, x_enc, server_leaves, config: Protoco
 _CACHE: dict = {}  # fingerprint -> jitted cores (compiled programs are reused across calls)
 
 
-def _cores(traced: TracedModel, config: ProtocolConfig):
-    key = (traced.fingerprint, config)
+def _cores(traced: TracedModel, config: ProtocolConfig, memory_budget: int | None = None):
+    key = (traced.fingerprint, config, memory_budget)
     if key in _CACHE:
         return _CACHE[key]
 
@@ -200,7 +200,8 @@ def _cores(traced: TracedModel, config: ProtocolConfig):
         def body(rt, x_enc, server_leaves):
             return _program(SecureBackend(rt), traced, x_enc, server_leaves, config)[0]
 
-        outs, rt = run_planned(config, simulation_keys(rng), body, x_enc, server_leaves, return_runtime=True)
+        outs, rt = run_planned(config, simulation_keys(rng), body, x_enc, server_leaves, return_runtime=True,
+                               memory_budget=memory_budget)
         layers = tuple((path, what) for path, what, _ in rt.annotations)
         report = SecureReport(rt.comm(), layers, tuple(rt.notes), batch=int(traced.x_aval.shape[0]))
         return outs, StaticValue(report)
@@ -238,7 +239,7 @@ def _prepare(model, variables, x, spec, config, kwargs):
 
 
 def secure_apply(model, variables, x, *, spec=None, config: ProtocolConfig | None = None, key=None, jit: bool = True,
-                 **kwargs):
+                 memory_budget="auto", **kwargs):
     """Runs ``model`` on ``x`` with the client, server and crypto provider simulated in one jit program.
 
     The model is traced to a jaxpr and interpreted with secure protocols
@@ -254,10 +255,15 @@ def secure_apply(model, variables, x, *, spec=None, config: ProtocolConfig | Non
       x: input batch (real array, e.g. ``[N, H, W, C]``).
       spec: optional block spec (``{layer: int[C, 2]}`` or a spec file path) applied first.
       config: protocol parameters.
-      key: ``jax.random`` key of all correlated randomness (``None``: fresh from OS entropy).
+      key: root key of all correlated randomness: ``None`` (default) draws 256 bits from OS
+        entropy; ``uint32[8]`` key words, or a ``jax.random`` key for reproducible experiments.
       jit: compile the whole secure forward pass into one XLA program (default; compiling takes
         about a second per ReLU layer on a 2-core CPU, then runs fast). ``False`` runs op by op:
         same results, no whole-program compile (useful for small inputs and tests).
+      memory_budget: working set of one chunk of a large nonlinear layer
+        (:func:`jaxmpc.simulate.memory_budget_bytes`): ``"auto"`` (default: an eighth of the
+        device's memory), bytes, ``"4GiB"``, or ``None`` (each layer at once). The output and the
+        report do not depend on it.
       **kwargs: passed to ``model.apply`` (e.g. ``train=False``, ``method=...``).
 
     Returns:
@@ -270,7 +276,7 @@ def secure_apply(model, variables, x, *, spec=None, config: ProtocolConfig | Non
     """
     traced, config, x_enc, server_leaves = _prepare(model, variables, x, spec, config, kwargs)
     key = check_key(key, config)
-    cores = _cores(traced, config)
+    cores = _cores(traced, config, memory_budget_bytes(memory_budget))
     outs, static = (cores[0] if jit else cores[2])(key, x_enc, server_leaves)
     return jax.tree_util.tree_unflatten(traced.out_tree, outs), static.value
 

@@ -22,10 +22,20 @@ Planner level:
 * :mod:`~jaxmpc.knapsack.paper_instances` -- the paper's ReLU layer tables and synthetic
   distortions at paper scale.
 
+Baselines (what the knapsack is compared with at the same budget):
+
+* :func:`uniform_spec` -- one patch size for every channel; :func:`random_spec` -- the knapsack
+  over random distortions; :func:`spec_drelus`, :func:`spec_distortion` -- a spec's cost and
+  measured distortion.
+
 See ``docs/knapsack.md`` for the algorithms, guarantees and measured figures.
 """
 
 from jaxmpc.knapsack import paper_instances as paper_instances
+from jaxmpc.knapsack._baselines import random_spec as random_spec
+from jaxmpc.knapsack._baselines import spec_distortion as spec_distortion
+from jaxmpc.knapsack._baselines import spec_drelus as spec_drelus
+from jaxmpc.knapsack._baselines import uniform_spec as uniform_spec
 from jaxmpc.knapsack._planner import BlockPlan as BlockPlan
 from jaxmpc.knapsack._planner import CostModel as CostModel
 from jaxmpc.knapsack._planner import LayerCandidates as LayerCandidates
@@ -49,6 +59,10 @@ __all__ = [
     "build_problem",
     "paper_instances",
     "plan_block_sizes",
+    "random_spec",
     "solve",
+    "spec_distortion",
+    "spec_drelus",
     "sweep_budgets",
+    "uniform_spec",
 ]

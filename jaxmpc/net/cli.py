@@ -7,7 +7,9 @@
     jaxmpc pki    --out DIR [--days 30]
 
 Exit status: 0 on success, 1 when the networked run failed (the last stderr line says why:
-``jaxmpc party <role>: error: ...``), 2 for a bad command line, configuration, model or input.
+``jaxmpc party <role>: error: ...``), 2 for a bad command line, configuration, model or input
+(nothing was sent). Every error is one line; ``--debug`` (or ``JAXMPC_DEBUG=1``) prints the
+traceback of an unexpected one before that line.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import json
 import logging
 import os
 import sys
+import traceback
 
 
 def add_commands(sub) -> None:
     """Adds ``party``, ``launch`` and ``pki`` to the ``jaxmpc`` argument parser."""
+    from jaxmpc.cli import _nonnegative_float, _positive_float, _positive_int
+
     p = sub.add_parser("party", help="run one party of a networked secure inference (see docs/networking.md)")
     p.add_argument("--role", required=True, choices=["client", "server", "cp"])
     p.add_argument("--config", required=True, help="parties.toml")
@@ -38,19 +43,22 @@ def add_commands(sub) -> None:
     p.add_argument("--model", default=None, help="jaxmpc.nn preset (default: the run folder's config.json)")
     p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"num_filters": 4}\'')
     p.add_argument("--spec", default=None, help="Block-ReLU spec file (default: the run folder's spec.json if any)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per secure forward pass (default: all)")
-    p.add_argument("--bandwidth-mbps", type=float, default=0.0, help="simulated bandwidth per link direction")
-    p.add_argument("--latency-ms", type=float, default=0.0, help="simulated one-way latency")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="images per secure forward pass (default: all)")
+    p.add_argument("--bandwidth-mbps", type=_nonnegative_float, default=0.0,
+                   help="simulated bandwidth per link direction (0: off)")
+    p.add_argument("--latency-ms", type=_nonnegative_float, default=0.0, help="simulated one-way latency")
     p.add_argument("--compression", action="store_true", help="zlib-compress payloads")
-    p.add_argument("--message-timeout", type=float, default=120.0, help="seconds to wait for any one message")
-    p.add_argument("--timeout", type=float, default=1800.0, help="overall limit in seconds")
+    p.add_argument("--message-timeout", type=_positive_float, default=120.0,
+                   help="seconds to wait for any one message")
+    p.add_argument("--timeout", type=_positive_float, default=1800.0, help="overall limit in seconds")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep the PKI, parties.toml and logs in DIR")
     p.add_argument("--eager", action="store_true", help="run the parties op by op")
     p.set_defaults(handler=_launch)
 
     p = sub.add_parser("pki", help="create a test CA and one certificate per party")
     p.add_argument("--out", required=True, help="folder for ca.pem, client.pem/.key, server.pem/.key, cp.pem/.key")
-    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--days", type=_positive_int, default=30, help="validity of the certificates")
     p.set_defaults(handler=_pki)
 
 
@@ -80,7 +88,11 @@ def _party(args) -> int:
     except KeyboardInterrupt:
         code = _fail(prefix, "interrupted", 1)
     except Exception as e:  # noqa: BLE001 - any other failure: one clear line, nonzero status
-        code = _fail(prefix, f"{type(e).__name__}: {e}", 1)
+        from jaxmpc.cli import DEBUG_HINT, debug_requested
+
+        if debug_requested(args):
+            traceback.print_exc()
+        code = _fail(prefix, f"unexpected {type(e).__name__}: {e} ({DEBUG_HINT})", 1)
     if code:
         # do not wait for XLA or helper threads that may still sit in a callback: leave now
         sys.stdout.flush()

@@ -40,27 +40,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 import sys
-import tempfile
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmpc._io import atomic_open, write_json
 from jaxmpc.core.config import ProtocolConfig, require_x64
 from jaxmpc.net.config import ModelConfig, NetConfig
 from jaxmpc.net.pki import ROLE_NAMES
 from jaxmpc.net.transport import NetError, Session
 from jaxmpc.net.wire import WIRE_VERSION
-from jaxmpc.core.parties import C_CP, C_S, CLIENT, LINKS, S_CP, SERVER, Party, owners
-from jaxmpc.core.randomness import PartyKeys, fresh_key_words, request_keys
+from jaxmpc.core.parties import C_CP, C_S, CLIENT, LINKS, PARTIES, S_CP, SERVER, Party, owners
+from jaxmpc.core.randomness import KEY_BYTES, PartyKeys, fresh_key_words, key_from_bytes, request_keys
 from jaxmpc.core.runtime import Runtime, Transport
 
 __all__ = ["run_party", "PartyError", "PreparedModel", "prepare_model", "model_fingerprint", "PartyProgram",
-           "batch_keys", "session_keys", "save_variables_npz", "load_variables_file", "write_json_atomic"]
+           "batch_keys", "session_keys", "save_variables_npz", "load_variables_file"]
 
 _BATCH_TAG = 0x62617463  # "batc"
 
@@ -128,12 +128,8 @@ def _flat_dict(tree) -> dict:
 def save_variables_npz(path: str | os.PathLike, variables) -> None:
     """Writes model variables to an ``.npz`` (keys ``collection/module/.../name``), atomically."""
     flat = {k: np.asarray(v) for k, v in _flat_dict(variables).items()}
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".vars-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_open(path, "wb") as f:
         np.savez(f, **flat)
-    os.replace(tmp, path)
 
 
 def load_variables_file(path: str | os.PathLike) -> dict:
@@ -275,13 +271,14 @@ def prepare_model(mc: ModelConfig, role, *, weights: str | None = None) -> Prepa
 
 def session_keys(role, pair_secrets: dict) -> PartyKeys:
     """This party's :class:`~jaxmpc.core.randomness.PartyKeys`: the pairwise keys agreed with the peers
-    (``{peer: 8 bytes}``) and a fresh key of its own from OS entropy."""
+    (``{peer: 32 bytes}``, 256-bit ChaCha20 keys) and a fresh key of its own from OS entropy."""
     role = Party.parse(role)
     keys = {owners(role): jnp.asarray(fresh_key_words())}
     for peer, secret in pair_secrets.items():
-        words = np.frombuffer(bytes(secret), dtype="<u4").astype(np.uint32)
-        if words.shape != (2,):
-            raise NetError(f"pairwise key with {ROLE_NAMES[Party.parse(peer)]} has {len(secret)} bytes, expected 8")
+        if len(bytes(secret)) != KEY_BYTES:
+            raise NetError(f"pairwise key with {ROLE_NAMES[Party.parse(peer)]} has {len(secret)} bytes, "
+                           f"expected {KEY_BYTES}")
+        words = key_from_bytes(secret)
         keys[owners(role, peer)] = jnp.asarray(words)
     for ks in (C_S, C_CP, S_CP):
         if role in ks and ks not in keys:
@@ -290,7 +287,7 @@ def session_keys(role, pair_secrets: dict) -> PartyKeys:
 
 
 def batch_keys(keys: PartyKeys, index: int) -> PartyKeys:
-    """Keys for batch ``index``: ``Threefry_K("batc", index)`` for every key ``K`` held (both holders
+    """Keys for batch ``index``: ``ChaCha20_K`` of ``("batc", index)`` for every key ``K`` held (both holders
     of a key derive the same batch key; different batches never share randomness)."""
     ident = np.array([[_BATCH_TAG, int(index)]], np.uint32)
     return PartyKeys({s: request_keys(jnp.asarray(k, jnp.uint32)[None, :], ident)[0] for s, k in keys.keys.items()})
@@ -359,6 +356,7 @@ class PartyProgram:
         self.s_structs = [jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype) for leaf in prepared.server_leaves()]
         self._compiled = None
         self.record = None  # SecureReport of one batch (from the trace)
+        self.message_limits = None  # {peer: largest message it sends this party}, known once traced
 
         def body(rt, x_enc, server_leaves):
             return _program(SecureBackend(rt), traced, x_enc, server_leaves, config)[0]
@@ -372,6 +370,11 @@ class PartyProgram:
             rt = Runtime(config, keys, role=self.role, transport=self.transport, plan=plan)
             outs = body(rt, self.x_struct if x_enc is None else x_enc,
                         self.s_structs if server_leaves is None else server_leaves)
+            limits = {p: 0 for p in PARTIES if p != self.role}
+            for m in rt.messages:
+                if m.dst == self.role:
+                    limits[m.src] = max(limits[m.src], m.nbytes)
+            self.message_limits = limits
             layers = tuple((path, what) for path, what, _ in rt.annotations)
             report = SecureReport(rt.comm(), layers, tuple(rt.notes), batch=int(prepared.batch_shape[0]))
             done = functools.reduce(lambda a, b: a + b, self.transport.tokens, jnp.zeros((), jnp.int32))
@@ -413,21 +416,12 @@ class PartyProgram:
 # running one role
 
 
-def write_json_atomic(path: str, obj) -> None:
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".party-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def __getattr__(name: str):
+    if name == "write_json_atomic":  # the old private helper: jaxmpc._io.write_json writes atomically
+        warnings.warn("jaxmpc.net.party.write_json_atomic is deprecated; use jaxmpc._io.write_json",
+                      DeprecationWarning, stacklevel=2)
+        return write_json
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _load_inputs(path: str, mc: ModelConfig, config: ProtocolConfig) -> np.ndarray:
@@ -517,6 +511,9 @@ def run_party(role, cfg: NetConfig, *, weights: str | None = None, inputs: str |
         server_leaves = prepared.server_leaves() if role == SERVER else None
         x_enc0 = np.zeros(prepared.batch_shape, np.uint64) if role == CLIENT else None
         t_compile = program.compile(batch_keys(keys, 0), x_enc0, server_leaves)
+        if program.message_limits is not None and hasattr(session, "set_message_limits"):
+            # from now on a peer's frame larger than its largest protocol message is refused unread
+            session.set_message_limits(program.message_limits)
         log(f"compiled in {t_compile:.1f} s; waiting for the peers")
         t0 = time.perf_counter()
         session.ready()
@@ -592,7 +589,7 @@ def run_party(role, cfg: NetConfig, *, weights: str | None = None, inputs: str |
         result["predictions"] = np.argmax(lg, axis=-1).tolist()
         result["logits"] = lg.tolist()
     if output:
-        write_json_atomic(output, result)
+        write_json(output, result)
     log(f"done: {n_batches} batches, {steady / mc.batch_size:.4f} s/image, wire bytes "
         f"{'match' if all_match else 'DO NOT match'} the protocol record")
     return result

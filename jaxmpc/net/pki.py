@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import os
 
+from jaxmpc._io import atomic_write_bytes
 from jaxmpc.core.parties import Party
 
 __all__ = ["create_test_pki", "role_hostname", "role_of_certificate", "PKIFiles", "ROLE_NAMES"]
@@ -61,19 +62,12 @@ class PKIFiles(dict):
         return self[ROLE_NAMES[Party.parse(role)]][1]
 
 
-def _write(path: str, data: bytes, private: bool) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def create_test_pki(directory: str | os.PathLike, *, roles=("client", "server", "cp"), days: int = 30,
                     ca_name: str = "jaxmpc test CA") -> PKIFiles:
     """Creates a CA and a certificate + key per role in ``directory`` (ECDSA P-256, SHA-256).
 
-    Files: ``ca.pem``, ``ca.key``, ``<role>.pem``, ``<role>.key`` (keys mode 0600). Each party
+    Files: ``ca.pem``, ``ca.key``, ``<role>.pem``, ``<role>.key`` (keys mode 0600 from the start,
+    every file written atomically with :func:`jaxmpc._io.atomic_write_bytes`). Each party
     certificate is valid for TLS client and server authentication.
 
     Args:
@@ -115,8 +109,8 @@ def create_test_pki(directory: str | os.PathLike, *, roles=("client", "server", 
         .sign(ca_key, hashes.SHA256())
     )
     files = PKIFiles(ca=os.path.join(directory, "ca.pem"), ca_key=os.path.join(directory, "ca.key"))
-    _write(files["ca_key"], pem_key(ca_key), True)
-    _write(files["ca"], ca_cert.public_bytes(serialization.Encoding.PEM), False)
+    atomic_write_bytes(files["ca_key"], pem_key(ca_key), private=True)
+    atomic_write_bytes(files["ca"], ca_cert.public_bytes(serialization.Encoding.PEM))
     for role in roles:
         name = ROLE_NAMES[Party.parse(role)]
         key = ec.generate_private_key(ec.SECP256R1())
@@ -134,7 +128,7 @@ def create_test_pki(directory: str | os.PathLike, *, roles=("client", "server", 
             .sign(ca_key, hashes.SHA256())
         )
         cert_path, key_path = os.path.join(directory, f"{name}.pem"), os.path.join(directory, f"{name}.key")
-        _write(key_path, pem_key(key), True)
-        _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), False)
+        atomic_write_bytes(key_path, pem_key(key), private=True)
+        atomic_write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         files[name] = (cert_path, key_path)
     return files

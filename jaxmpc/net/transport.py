@@ -21,6 +21,23 @@ config, batch shape, see :func:`jaxmpc.net.party.model_fingerprint`) stops both 
 error naming both sides' values. Then the lower-numbered party of each pair sends a fresh
 pairwise key (``KEY`` frame, 8 bytes from OS entropy) over the authenticated channel.
 
+Untrusted input. A frame is checked from its 20-byte header before any of its payload is read:
+handshake frames may carry at most :data:`wire.MAX_HANDSHAKE_PAYLOAD` bytes, ``DATA`` frames at
+most :data:`wire.MAX_PAYLOAD`, or, once the party has traced its program, the largest message the
+protocol sends on that link (:meth:`Session.set_message_limits`), and control frames during the
+run at most ``MAX_HANDSHAKE_PAYLOAD``. A frame over its limit, or a malformed one (bad magic,
+version, type, sequence number or compression), aborts the run with a :class:`ProtocolError`
+naming the peer, and the peer receives the reason in an ``ERROR`` frame.
+
+Back-pressure. Each receiving link buffers at most ``recv_queue_bytes`` payload bytes
+(:data:`RECV_QUEUE_BYTES`) and ``recv_queue_messages`` messages (:data:`RECV_QUEUE_MESSAGES`) that
+the protocol has not consumed yet (an empty buffer still takes one message of any allowed size).
+When the buffer is full the reader thread stops reading; TCP flow control then stops the
+sender's writer thread, while the sender's program carries on (its sends are queued on its side).
+This cannot deadlock a run: the protocol consumes each link's messages in order, so the message
+a party waits for is always at the head of a full buffer, never behind it. A sender whose writer
+stays blocked for ``timeout`` seconds fails the run (``stopped reading``).
+
 Faults. Every wait has a deadline (connect and handshake: ``connect_timeout``; peers'
 compilation: ``compile_timeout``; each message: ``timeout``). The first error on any link aborts
 the whole session (:meth:`Session.fail`): receive calls raise it, an ``ERROR`` frame with the
@@ -41,6 +58,7 @@ each received message before the protocol may use it.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import queue
@@ -60,7 +78,14 @@ from jaxmpc.core.parties import PARTIES, Party
 __all__ = ["Session", "NetError", "HandshakeError", "PeerAborted", "ConnectionLost", "NetTimeout", "ProtocolError",
            "LinkCounters", "tls_contexts", "certificate_role"]
 
-KEY_BYTES = 8  # a Threefry-2x32 key (jaxmpc.core.randomness)
+from jaxmpc.core.randomness import KEY_BYTES  # noqa: E402  (32: a 256-bit ChaCha20 key)
+#: Default bound on the payload bytes a receiving link buffers before its reader thread stops
+#: reading (back-pressure, see the module docstring). Per link: a party buffers at most twice this
+#: (plus one message larger than it, if the protocol sends such messages).
+RECV_QUEUE_BYTES = 128 << 20
+#: Default bound on the number of messages (any size, control frames included) a receiving link
+#: buffers: a peer cannot fill memory with empty frames either.
+RECV_QUEUE_MESSAGES = 4096
 
 
 class NetError(RuntimeError):
@@ -156,15 +181,83 @@ def _describe_tls_error(e: Exception, peer: str, addr: str) -> str:
     return f"TLS handshake with {peer} at {addr} failed: {text}"
 
 
-class _Link:
-    """One direction of one connection, as seen from this party."""
+class _RecvQueue:
+    """A receiving link's buffer: FIFO, bounded by payload bytes and by item count.
 
-    def __init__(self, peer: Party, sock: ssl.SSLSocket, seq: int):
+    :meth:`put` (the reader thread) blocks while the buffer is full; an empty buffer takes any one
+    item, so a message larger than ``max_bytes`` still gets through, alone. :meth:`abort` (the
+    session failed or closed) wakes everyone: blocked and later ``put`` calls return ``False`` and
+    ``get`` returns ``_ABORT`` from then on. ``peak_bytes`` / ``peak_items``: the most ever held.
+    """
+
+    def __init__(self, max_bytes: int, max_items: int):
+        self.max_bytes, self.max_items = int(max_bytes), int(max_items)
+        self._items: collections.deque = collections.deque()
+        self._bytes = 0
+        self._aborted = False
+        self._cond = threading.Condition()
+        self.peak_bytes = 0
+        self.peak_items = 0
+
+    def _full(self, nbytes: int) -> bool:
+        return bool(self._items) and (self._bytes + nbytes > self.max_bytes or len(self._items) >= self.max_items)
+
+    def put(self, item, nbytes: int = 0) -> bool:
+        with self._cond:
+            while not self._aborted and self._full(nbytes):
+                self._cond.wait()
+            if self._aborted:
+                return False
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            self.peak_bytes = max(self.peak_bytes, self._bytes)
+            self.peak_items = max(self.peak_items, len(self._items))
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float):
+        """The next item; ``_ABORT`` once aborted; raises :class:`queue.Empty` after ``timeout`` s."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while not self._items and not self._aborted:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise queue.Empty
+                self._cond.wait(left)
+            if self._aborted:
+                return _ABORT
+            item, nbytes = self._items.popleft()
+            self._bytes -= nbytes
+            self._cond.notify_all()
+            return item
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._items.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """``(bytes, items)`` held now."""
+        with self._cond:
+            return self._bytes, len(self._items)
+
+
+class _Link:
+    """One direction of one connection, as seen from this party.
+
+    ``queue``: what the writer thread sends (an unbounded :class:`queue.Queue` of this party's
+    own messages) or what the reader thread received (a bounded :class:`_RecvQueue`).
+    """
+
+    def __init__(self, peer: Party, sock: ssl.SSLSocket, seq: int, recv_queue: _RecvQueue | None = None):
         self.peer = peer
         self.sock = sock
         self.seq = seq  # next sequence number (sent or expected)
         self.counters = LinkCounters()
-        self.queue: queue.Queue = queue.Queue()
+        self.queue = recv_queue if recv_queue is not None else queue.Queue()
         self.thread: threading.Thread | None = None
         self.bye = threading.Event()
         self.free_at = 0.0  # simulated bandwidth: when the link finishes its last frame
@@ -200,6 +293,8 @@ class Session:
       compression: zlib-compress payloads.
       bandwidth: simulated bytes per second per direction (0: unlimited).
       latency: simulated seconds added to every received message.
+      recv_queue_bytes, recv_queue_messages: bounds of each receiving link's buffer of messages
+        the protocol has not consumed yet (back-pressure, see the module docstring).
       version: wire version spoken (tests only: a peer of another version).
       log: ``callable(str)`` for progress messages (default: silent).
     """
@@ -207,7 +302,12 @@ class Session:
     def __init__(self, role, addresses: dict, *, ca: str, cert: str, key: str, listen: tuple | None = None,
                  connect_timeout: float = 60.0, timeout: float = 120.0, compile_timeout: float = 900.0,
                  compression: bool = False, bandwidth: float = 0.0, latency: float = 0.0,
+                 recv_queue_bytes: int = RECV_QUEUE_BYTES, recv_queue_messages: int = RECV_QUEUE_MESSAGES,
                  version: int = wire.WIRE_VERSION, log=None):
+        if int(recv_queue_bytes) < 1 or int(recv_queue_messages) < 1:
+            raise ValueError(f"the receive buffer bounds must be positive, got {recv_queue_bytes} bytes and "
+                             f"{recv_queue_messages} messages")
+        self.recv_queue_bytes, self.recv_queue_messages = int(recv_queue_bytes), int(recv_queue_messages)
         self.role = Party.parse(role)
         self.addresses = {Party.parse(p): tuple(a) for p, a in addresses.items()}
         self.peers = tuple(p for p in PARTIES if p != self.role)
@@ -226,6 +326,7 @@ class Session:
         self.compression = bool(compression)
         self.bandwidth = float(bandwidth)
         self.latency = float(latency)
+        self._max_data = {p: wire.MAX_PAYLOAD for p in self.peers}  # largest DATA payload accepted per peer
         self.version = version
         self.log = log or (lambda msg: None)
         self.error: BaseException | None = None
@@ -427,48 +528,7 @@ class Session:
         self._track(sock)
         if self._refuse_if_failed(sock, 0):
             return
-        link = _Link(peer, sock, 0)
-        try:
-            sock.sendall(wire.encode_frame(FrameType.HELLO, 0, json.dumps(self.hello).encode(), version=self.version))
-            try:
-                frame = wire.read_frame(sock, expect_seq=0, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
-            except wire.TruncatedFrame as e:
-                raise ConnectionLost(f"{_name(peer)} at {addr} closed the connection inside its HELLO ({e})") from None
-            except wire.WireError as e:
-                self._send_error_now(sock, 1, f"{_name(self.role)}: {e}")
-                raise HandshakeError(f"{_name(peer)} at {addr}: {e}") from None
-            try:
-                h = self._check_hello(peer, frame)
-            except HandshakeError as e:
-                self._send_error_now(sock, 1, f"{_name(self.role)} refuses: {e}")
-                raise
-            link.seq = 1
-            if self._refuse_if_failed(sock, 1):
-                return
-            if self.role < peer:
-                secret = secrets.token_bytes(KEY_BYTES)
-                sock.sendall(wire.encode_frame(FrameType.KEY, link.seq, secret, version=self.version))
-                link.seq += 1
-                with self._lock:
-                    self.pair_secrets[peer] = secret
-        except (OSError, TimeoutError) as e:
-            self._untrack(sock)
-            sock.close()
-            if self._setup_failed.is_set():
-                return
-            raise self._tls_failure(e, _name(peer), addr) from None
-        except BaseException:
-            self._untrack(sock)
-            sock.close()
-            raise
-        with self._lock:
-            self._pending.discard(sock)
-            if not self._setup_failed.is_set():
-                self.peer_hellos[peer] = h
-                self._out[peer] = link
-        if self._refuse_if_failed(sock, link.seq):
-            return
-        self._start_writer(link)
+        self._handshake(sock, peer, addr, connecting=True)
 
     def _accept_loop(self, deadline: float):
         expected = set(self.peers)
@@ -521,27 +581,65 @@ class Session:
             self._rejected.append(reason)
             self.log(reason)
             return None
-        peer = cert_role
-        link = _Link(peer, sock, 0)
+        return cert_role if self._handshake(sock, cert_role, addr, connecting=False) is not None else None
+
+    def _handshake(self, sock, peer: Party, addr: str, *, connecting: bool) -> _Link | None:
+        """The handshake on one connection right after TLS, from either end; then starts its thread.
+
+        Both ends send a ``HELLO`` and check the other's (:meth:`_check_hello`): the connecting end
+        first, the accepting end once it has read the connecting end's. Then, on the connection
+        the lower-numbered party of the pair opened, that party sends the pairwise key (``KEY``,
+        :data:`KEY_BYTES` from OS entropy). Each end numbers its own frames from 0. A refusal goes
+        to the peer as an ``ERROR`` frame before it is raised here.
+
+        Returns:
+          the link, registered (in ``_out`` with its writer thread when connecting, in ``_in``
+          with its reader thread when accepting), or ``None`` when this party failed meanwhile
+          (the peer was told why, the socket is closed).
+        """
+        who = f"{_name(peer)} at {addr}"
+        sent = received = 0  # frames sent / read on this connection: the next sequence numbers
+        secret = None
+
+        def send(ftype, payload):
+            nonlocal sent
+            sock.sendall(wire.encode_frame(ftype, sent, payload, version=self.version))
+            sent += 1
+
+        def read():
+            nonlocal received
+            frame = wire.read_frame(sock, expect_seq=received, version=self.version,
+                                    max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+            received += 1
+            return frame
+
+        hello = json.dumps(self.hello).encode()
         try:
+            if connecting:
+                send(FrameType.HELLO, hello)
             try:
-                frame = wire.read_frame(sock, expect_seq=0, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+                frame = read()
             except wire.TruncatedFrame as e:
-                raise ConnectionLost(f"{_name(peer)} ({addr}) closed the connection inside its HELLO ({e})") from None
+                raise ConnectionLost(f"{who} closed the connection inside its HELLO ({e})") from None
             except wire.WireError as e:
-                self._send_error_now(sock, 0, f"{_name(self.role)}: {e}")
-                raise HandshakeError(f"{_name(peer)} at {addr}: {e}") from None
-            if self._refuse_if_failed(sock, 0):
-                return None
-            sock.sendall(wire.encode_frame(FrameType.HELLO, 0, json.dumps(self.hello).encode(), version=self.version))
+                self._send_error_now(sock, sent, f"{_name(self.role)}: {e}")
+                raise HandshakeError(f"{who}: {e}") from None
+            if not connecting:
+                if self._refuse_if_failed(sock, sent):
+                    return None
+                send(FrameType.HELLO, hello)
             try:
                 h = self._check_hello(peer, frame)
             except HandshakeError as e:
-                self._send_error_now(sock, 1, f"{_name(self.role)} refuses: {e}")
+                self._send_error_now(sock, sent, f"{_name(self.role)} refuses: {e}")
                 raise
-            link.seq = 1
-            if peer < self.role:
-                kf = wire.read_frame(sock, expect_seq=1, version=self.version, max_payload=wire.MAX_HANDSHAKE_PAYLOAD)
+            if connecting and self._refuse_if_failed(sock, sent):
+                return None
+            if connecting and self.role < peer:
+                secret = secrets.token_bytes(KEY_BYTES)
+                send(FrameType.KEY, secret)
+            elif not connecting and peer < self.role:
+                kf = read()
                 if kf is not None and kf.type == FrameType.ERROR:
                     raise PeerAborted(f"{_name(peer)} refused: {kf.payload.decode(errors='replace')}")
                 if kf is None:
@@ -549,9 +647,7 @@ class Session:
                                          "pairwise key; it has probably stopped with an error")
                 if kf.type != FrameType.KEY or len(kf.payload) != KEY_BYTES:
                     raise HandshakeError(f"{_name(peer)} did not send the pairwise key (got {kf.type.name})")
-                link.seq = 2
-                with self._lock:
-                    self.pair_secrets[peer] = kf.payload
+                secret = kf.payload
         except (OSError, TimeoutError) as e:
             self._untrack(sock)
             sock.close()
@@ -562,15 +658,21 @@ class Session:
             self._untrack(sock)
             sock.close()
             raise
+        if connecting:
+            link = _Link(peer, sock, sent)
+        else:
+            link = _Link(peer, sock, received, _RecvQueue(self.recv_queue_bytes, self.recv_queue_messages))
         with self._lock:
+            if secret is not None:
+                self.pair_secrets[peer] = secret
             self._pending.discard(sock)
             if not self._setup_failed.is_set():
                 self.peer_hellos[peer] = h
-                self._in[peer] = link
-        if self._refuse_if_failed(sock, 1):
+                (self._out if connecting else self._in)[peer] = link
+        if self._refuse_if_failed(sock, sent):
             return None
-        self._start_reader(link)
-        return peer
+        (self._start_writer if connecting else self._start_reader)(link)
+        return link
 
     # ------------------------------------------------------------------------------------------
     # threads
@@ -608,11 +710,15 @@ class Session:
             else:
                 self.fail(ConnectionLost(f"sending to {_name(link.peer)} failed: {e} (did it exit or crash?)"))
 
+    def _frame_limit(self, peer: Party, ftype: FrameType) -> int:
+        return self._max_data[peer] if ftype == FrameType.DATA else wire.MAX_HANDSHAKE_PAYLOAD
+
     def _reader(self, link: _Link):
         peer = _name(link.peer)
+        limit = lambda ftype: self._frame_limit(link.peer, ftype)  # noqa: E731 - read when each header arrives
         try:
             while True:
-                frame = wire.read_frame(link.sock, expect_seq=link.seq, version=self.version)
+                frame = wire.read_frame(link.sock, expect_seq=link.seq, version=self.version, max_payload=limit)
                 if frame is None:
                     if self._closing or self.error is not None:
                         return
@@ -630,11 +736,14 @@ class Session:
                     c.payload_bytes += len(frame.payload)
                     c.messages += 1
                     c.frame_bytes += frame.wire_bytes
-                    link.queue.put((time.monotonic() + self.latency, frame.payload))
+                    # blocks while the link's buffer is full (back-pressure); False: the session ended
+                    if not link.queue.put((time.monotonic() + self.latency, frame.payload), len(frame.payload)):
+                        return
                     continue
                 c.control_bytes += frame.wire_bytes
                 if frame.type == FrameType.READY:
-                    link.queue.put(_READY)
+                    if not link.queue.put(_READY):
+                        return
                 elif frame.type == FrameType.BYE:
                     link.bye.set()
                     link.queue.put(_BYE)
@@ -648,7 +757,10 @@ class Session:
         except wire.TruncatedFrame as e:
             if not (self._closing or self.error is not None):
                 self.fail(ConnectionLost(f"the connection from {peer} broke inside a message: {e}"))
-        except (wire.WireError, OSError, ValueError) as e:
+        except wire.WireError as e:  # malformed or over its limit: refused from the header
+            if not (self._closing or self.error is not None or self._finishing):
+                self.fail(ProtocolError(f"{peer} sent a malformed frame: {e}"))
+        except (OSError, ValueError) as e:
             if not (self._closing or self.error is not None or self._finishing):
                 self.fail(ConnectionLost(f"receiving from {peer} failed: {e}"))
 
@@ -658,6 +770,23 @@ class Session:
     def _check(self):
         if self.error is not None:
             raise self.error
+
+    def set_message_limits(self, limits: dict) -> None:
+        """Largest ``DATA`` payload accepted from each peer from now on, ``{peer: bytes}``.
+
+        Give the largest message the protocol sends on each link (:func:`jaxmpc.net.party.run_party`
+        reads it from the traced program before ``READY``); peers left out keep
+        :data:`wire.MAX_PAYLOAD`. A frame announcing more is refused from its header, before any
+        of its payload is read, and aborts the run (:class:`ProtocolError`).
+        """
+        for p, n in limits.items():
+            p = Party.parse(p)
+            if p not in self._max_data:
+                raise ValueError(f"{_name(p)} is not a peer of the {_name(self.role)}")
+            n = int(n)
+            if not 0 <= n <= wire.MAX_PAYLOAD:
+                raise ValueError(f"a message limit must lie in [0, {wire.MAX_PAYLOAD}], got {n}")
+            self._max_data[p] = n
 
     def send(self, dst, payload: bytes) -> None:
         """Queues one protocol message for ``dst`` (returns at once; the writer thread sends it)."""
@@ -684,8 +813,7 @@ class Session:
             self.fail(NetTimeout(f"no message from {_name(src)} within {self.timeout:g} s (message "
                                  f"#{self._recv_count[src] + 1} from it); is it alive?"))
             raise self.error from None
-        if item is _ABORT:
-            link.queue.put(_ABORT)
+        if item is _ABORT:  # the buffer stays aborted: every later receive gets _ABORT too
             raise self.error
         if item is _READY or item is _BYE:
             what = "finished" if item is _BYE else "sent READY"
@@ -723,7 +851,6 @@ class Session:
                 self.fail(NetTimeout(f"{_name(peer)} was not ready within {self.compile_timeout:g} s"))
                 raise self.error from None
             if item is _ABORT:
-                link.queue.put(_ABORT)
                 raise self.error
             if item is not _READY:
                 self.fail(ProtocolError(f"{_name(peer)} sent a message before READY"))
@@ -760,7 +887,7 @@ class Session:
                 _shutdown(sock)
         linger = 0.0 if self._opened else self._linger
         for link in self._in.values():
-            link.queue.put(_ABORT)
+            link.queue.abort()
         text = f"{_name(self.role)}: {err}".encode()
         for link in self._out.values():
             while True:
@@ -807,6 +934,8 @@ class Session:
             _shutdown(sock)
         for link in self._out.values():
             link.queue.put(_STOP)
+        for link in self._in.values():
+            link.queue.abort()  # a reader blocked on a full buffer returns
         for link in list(self._out.values()) + list(self._in.values()):
             link.close()
 

@@ -27,12 +27,13 @@ import dataclasses
 import enum
 import struct
 import zlib
+from collections.abc import Callable
 
 __all__ = ["WIRE_VERSION", "MAGIC", "HEADER", "FrameType", "Frame", "WireError", "TruncatedFrame", "encode_frame",
            "read_frame", "FLAG_COMPRESSED", "MAX_PAYLOAD", "MAX_HANDSHAKE_PAYLOAD"]
 
 #: Version of the wire format and of the handshake. Parties with different versions refuse to talk.
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: 256-bit pairwise keys and the ChaCha20 PRG (1: 64-bit keys, Threefry)
 MAGIC = b"JXMP"
 HEADER = struct.Struct("!4sBBBxIQ")
 FLAG_COMPRESSED = 1
@@ -107,12 +108,20 @@ def _read_exact(sock, n: int, what: str, *, at_boundary: bool) -> bytes | None:
 
 
 def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSION,
-               max_payload: int = MAX_PAYLOAD) -> Frame | None:
+               max_payload: int | Callable[[FrameType], int] = MAX_PAYLOAD) -> Frame | None:
     """Reads one frame from a socket-like object (``recv_into``); ``None`` at a clean end of stream.
+
+    Args:
+      sock: the stream.
+      expect_seq: the sequence number the frame must carry (``None``: any).
+      version: the wire version the frame must carry.
+      max_payload: the largest payload accepted (as sent, and once decompressed), or a function
+        of the frame type giving it, called once the header has arrived. It is checked from the
+        header, before any of the payload is read.
 
     Raises:
       WireError: bad magic (not a jaxmpc peer), another wire version, unknown type, a payload
-        over :data:`MAX_PAYLOAD`, an out-of-order sequence number or undecodable compression.
+        over ``max_payload``, an out-of-order sequence number or undecodable compression.
       TruncatedFrame: the stream ended inside the frame.
     """
     head = _read_exact(sock, HEADER.size, "a frame header", at_boundary=True)
@@ -127,8 +136,10 @@ def read_frame(sock, *, expect_seq: int | None = None, version: int = WIRE_VERSI
         ftype = FrameType(ftype)
     except ValueError:
         raise WireError(f"unknown frame type {ftype}") from None
+    if callable(max_payload):
+        max_payload = max_payload(ftype)
     if length > max_payload:
-        raise WireError(f"frame payload of {length} bytes exceeds the limit ({max_payload})")
+        raise WireError(f"{ftype.name} frame payload of {length} bytes exceeds the limit ({max_payload})")
     if expect_seq is not None and seq != expect_seq & 0xFFFFFFFF:
         raise WireError(f"frame {seq} arrived where frame {expect_seq} was expected")
     payload = _read_exact(sock, length, f"the payload of frame {seq} ({ftype.name})", at_boundary=False) if length \

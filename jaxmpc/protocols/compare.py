@@ -52,7 +52,7 @@ import numpy as np
 
 from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, owners
 from jaxmpc.core.ring import RING64, Z67, Z2k, ZOdd, lemire
-from jaxmpc.core.runtime import Held, Runtime
+from jaxmpc.core.runtime import Held, Runtime, reshape_held
 from jaxmpc.core.sharing import Shared
 
 __all__ = ["private_compare", "share_convert", "msb", "drelu", "drelu_ring", "DealerBit", "compare_input"]
@@ -340,14 +340,42 @@ def msb(y: Shared) -> Shared:
 # DReLU
 
 
+def drelu_bytes_per_element(config) -> int:
+    """Working-set bytes per element of one DReLU (random words, the m-digit Z_67 vectors and
+    their temporaries): the unit in which the runtime's memory budget sizes DReLU chunks. An
+    estimate; ``benchmarks/memory_budget.py`` measures the peak it gives."""
+    m = config.compare_bits
+    return 8 * (6 * m + 12) + 24 * 8 * m
+
+
 def drelu_ring(u: Shared) -> Shared:
     """``[u >= 0]`` (as a Z_2^64 bit) for ``u`` shared over Z_{2^m}, read as a signed m-bit number.
 
-    Exact for ``u in [-2^(m-1), 2^(m-1) - 2]`` (see module docstring).
+    Exact for ``u in [-2^(m-1), 2^(m-1) - 2]`` (see module docstring). Under a runtime memory
+    budget a large input runs in chunks of elements (:meth:`~jaxmpc.core.runtime.Runtime.chunked`):
+    the same output bits and the same communication record.
     """
     rt = u.rt
     if not isinstance(u.ring, Z2k):
         raise TypeError(f"drelu_ring needs shares over Z_2^m, got {u.ring}")
+    chunk = rt.chunk_elements(drelu_bytes_per_element(rt.config))
+    if chunk is None or u.size <= 2 * chunk:
+        return _drelu_ring(u)
+    shape, n = u.shape, u.size
+
+    def flat(c, s):
+        out = _drelu_ring(Shared(c, s, u.ring, u.scale, rt))
+        return (out.c, out.s) + ((out.z, out.w) if isinstance(out, DealerBit) else ())
+
+    outs = rt.chunked("drelu_chunks", flat, (reshape_held(u.c, (n,)), reshape_held(u.s, (n,))), chunk)
+    outs = tuple(reshape_held(h, shape) for h in outs)
+    if len(outs) == 4:
+        return DealerBit(outs[0], outs[1], RING64, 0, rt, z=outs[2], w=outs[3])
+    return Shared(outs[0], outs[1], RING64, 0, rt)
+
+
+def _drelu_ring(u: Shared) -> Shared:
+    rt = u.rt
     m = u.ring.bits
     ring = u.ring
     with rt.scope("drelu", kind="drelu"):

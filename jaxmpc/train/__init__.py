@@ -12,6 +12,9 @@ config, a ``TrainState``):
   Avidan, arXiv 2304.10442, §4.4), optionally distilling from the all-ReLU model
   (CE + ``T^2`` KL, ``T = 4``).
 * :func:`evaluate`, :func:`accuracy`, :func:`confusion_matrix`, :func:`mean_iou` -- metrics.
+* :func:`wilson_interval`, :func:`paired_difference`, :func:`seed_spread`, :func:`z_value` --
+  the uncertainty of a measured accuracy: its interval over the test images, the difference of
+  two models on the same images, the spread over training seeds.
 * :func:`import_torch_state_dict`, :func:`export_torch_state_dict` -- torchvision-layout
   weights for the ResNets and MobileNetV2.
 
@@ -43,6 +46,10 @@ from jaxmpc.train._metrics import accuracy as accuracy
 from jaxmpc.train._metrics import confusion_matrix as confusion_matrix
 from jaxmpc.train._metrics import mean_iou as mean_iou
 from jaxmpc.train._metrics import pixel_accuracy as pixel_accuracy
+from jaxmpc.train._stats import paired_difference as paired_difference
+from jaxmpc.train._stats import seed_spread as seed_spread
+from jaxmpc.train._stats import wilson_interval as wilson_interval
+from jaxmpc.train._stats import z_value as z_value
 from jaxmpc.train._steps import LossConfig as LossConfig
 from jaxmpc.train._steps import Optimizer as Optimizer
 from jaxmpc.train._steps import Schedule as Schedule
@@ -92,8 +99,12 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "mean_iou",
+    "paired_difference",
     "pixel_accuracy",
+    "seed_spread",
     "torch_key_map",
     "train_and_evaluate",
     "train_step",
+    "wilson_interval",
+    "z_value",
 ]

@@ -318,7 +318,7 @@ CONFIGS = {
     # 4 epochs (the demo's finetuning): the knapsack specs reach their 10-epoch accuracy by then,
     # while the baselines have not caught up yet (on these easy 8x8 images they do after ~10
     # epochs; measured in the README's demo section)
-    "digits_finetune": lambda: _finetune(_digits(), 4),
+    "digits_finetune": lambda: _finetune(_digits(), 2),
     "fashion_mnist": _fashion_mnist,
     "fashion_mnist_finetune": lambda: _finetune(_fashion_mnist(), 5),
     "cifar100_resnet18": _cifar100_resnet18,

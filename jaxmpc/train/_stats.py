@@ -1,4 +1,4 @@
-"""Uncertainty of measured accuracies: Wilson intervals and paired differences.
+"""Uncertainty of measured accuracies: Wilson intervals, paired differences, seed spread.
 
 An accuracy measured on ``n`` test images is a binomial proportion: with a few hundred images one
 point of accuracy is within noise. :func:`wilson_interval` gives its confidence interval (Wilson,
@@ -8,6 +8,9 @@ accuracies near 100%, unlike ``p +- z sqrt(p(1-p)/n)``.
 Two models evaluated on the *same* images are compared with :func:`paired_difference`: most
 images are right (or wrong) under both, and only the discordant images carry information, so
 the interval of the difference is much narrower than the two accuracies' intervals suggest.
+
+Exported from :mod:`jaxmpc.train` (``train.wilson_interval``...); ``jaxmpc.stats``, the module's
+old path, still imports.
 """
 
 from __future__ import annotations
