@@ -142,7 +142,7 @@ def test_traces_once_across_calls(digits_model):
 
     secure_apply(model, v, x[:2], key=jax.random.key(0))
     traced = api.trace_model(model, v, x[:2].shape)
-    jitted = api._cores(traced, jaxmpc.ProtocolConfig())[0]
+    jitted = api._cores(traced, jaxmpc.ProtocolConfig(), api.memory_budget_bytes("auto"))[0]
     n = jitted._cache_size()
     y1, _ = secure_apply(model, v, x[:2], key=jax.random.key(1))
     y2, _ = secure_apply(model, jax.tree_util.tree_map(lambda a: a, v), x[2:4], key=jax.random.key(2))

@@ -12,6 +12,7 @@ from jaxmpc import nn as jnn
 from jaxmpc.inference import secure_apply
 from jaxmpc.net.config import ModelConfig
 from jaxmpc.net.launcher import free_ports
+from jaxmpc.net.transport import NetError
 from jaxmpc.net.party import (PartyError, PartyProgram, _load_inputs, batch_keys, load_variables_file, prepare_model,
                               save_variables_npz, session_keys)
 from jaxmpc.net.pki import create_test_pki
@@ -113,8 +114,8 @@ def test_client_input_is_validated(tmp_path):
 
 
 def test_keys_pairwise_shared_own_fresh_and_new_per_batch():
-    secrets_ = {frozenset({CLIENT, SERVER}): b"\1" * 8, frozenset({CLIENT, CP}): b"\2" * 8,
-                frozenset({SERVER, CP}): b"\3" * 8}
+    secrets_ = {frozenset({CLIENT, SERVER}): b"\1" * 32, frozenset({CLIENT, CP}): b"\2" * 32,
+                frozenset({SERVER, CP}): b"\3" * 32}
     keys = {p: session_keys(p, {q: secrets_[frozenset({p, q})] for q in PARTIES if q != p}) for p in PARTIES}
     for ks in (C_S, C_CP, S_CP):
         a, b = sorted(ks)
@@ -123,7 +124,9 @@ def test_keys_pairwise_shared_own_fresh_and_new_per_batch():
     for p in PARTIES:
         assert set(keys[p].keys) == {s for s in (C_S, C_CP, S_CP, owners(p)) if p in s}
     # each party's own key comes from OS entropy: two sessions never share it
-    again = session_keys(CLIENT, {SERVER: b"\1" * 8, CP: b"\2" * 8})
+    again = session_keys(CLIENT, {SERVER: b"\1" * 32, CP: b"\2" * 32})
+    with pytest.raises(NetError, match="expected 32"):  # a 64-bit key is refused
+        session_keys(CLIENT, {SERVER: b"\1" * 8, CP: b"\2" * 32})
     assert not np.array_equal(again.get(owners(CLIENT)), keys[CLIENT].get(owners(CLIENT)))
     # batches never reuse randomness
     words = {tuple(np.asarray(batch_keys(keys[CLIENT], i).get(C_S))) for i in range(50)}

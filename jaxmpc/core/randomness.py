@@ -151,20 +151,23 @@ def chacha20_block(key, counter, nonce) -> tuple:
     return tuple(a + b for a, b in zip(x, init))
 
 
-def _keystream_blocks(key, first_block, n_blocks: int):
-    """``uint32[n_blocks, 16]``: keystream blocks ``first_block ..`` of ``key`` (nonce 0)."""
+def _keystream_words(key, first_block, n_blocks: int):
+    """``uint64[8 * n_blocks]``: the little-endian 64-bit words of keystream blocks
+    ``first_block ..`` of ``key`` (nonce 0), converted inside the loop (no 32-bit copy)."""
     zero = U32(0)
 
     def run(start, n):
         out = chacha20_block(key, start + lax.iota(U32, n), (zero, zero, zero))
-        return jnp.stack(out, axis=1)
+        words = [(out[2 * j + 1].astype(jnp.uint64) << jnp.uint64(32)) | out[2 * j].astype(jnp.uint64)
+                 for j in range(8)]
+        return jnp.stack(words, axis=1).reshape(8 * n)
 
     if n_blocks <= _BLOCKS_PER_CHUNK:
         return run(jnp.asarray(first_block, U32), n_blocks)
     n_chunks = -(-n_blocks // _BLOCKS_PER_CHUNK)
     starts = jnp.asarray(first_block, U32) + U32(_BLOCKS_PER_CHUNK) * jnp.arange(n_chunks, dtype=U32)
-    out = lax.map(lambda s: run(s, _BLOCKS_PER_CHUNK), starts)
-    return out.reshape(n_chunks * _BLOCKS_PER_CHUNK, 16)[:n_blocks]
+    out = lax.map(lambda st: run(st, _BLOCKS_PER_CHUNK), starts)
+    return out.reshape(n_chunks * _BLOCKS_PER_CHUNK * 8)[: 8 * n_blocks]
 
 
 def chacha20_words(key, n_words: int, first_word: int = 0) -> jax.Array:
@@ -179,9 +182,7 @@ def chacha20_words(key, n_words: int, first_word: int = 0) -> jax.Array:
         return jnp.zeros((0,), jnp.uint64)
     key = [jnp.asarray(key, U32)[i] for i in range(KEY_WORDS)]
     n_blocks = -(-n_words // 8)
-    lanes = _keystream_blocks(key, first_word // 8, n_blocks).reshape(n_blocks * 8, 2)
-    words = (lanes[:, 1].astype(jnp.uint64) << jnp.uint64(32)) | lanes[:, 0].astype(jnp.uint64)
-    return words[:n_words]
+    return _keystream_words(key, first_word // 8, n_blocks)[:n_words]
 
 
 def request_keys(base, ids) -> jax.Array:

@@ -215,6 +215,24 @@ class Zp:
         """Uniform on Z_p^* = {1, ..., p-1} from uniform ``uint64`` words."""
         return lemire(words, self.p - 1).astype(jnp.uint16) + np.uint16(1)
 
+    @staticmethod
+    def packed_words(n: int) -> int:
+        """``uint64`` words that :meth:`from_packed_words` needs for ``n`` elements (two per word)."""
+        return -(-int(n) // 2)
+
+    def from_packed_words(self, words, n: int, *, nonzero: bool = False):
+        """``n`` elements of Z_p (or Z_p^* with ``nonzero``), two per uniform ``uint64`` word.
+
+        ``v = floor(w q^2 / 2^64)`` (:func:`lemire`, ``q = p`` or ``p - 1``) is uniform on
+        ``[0, q^2)`` up to statistical distance ``q^2 / 2^64`` (``2^-51.9`` for p = 67); its two
+        base-q digits are the elements ``i`` and ``i + ceil(n/2)``. Halves the random words of
+        PrivateCompare, whose Z_67 vectors are most of a DReLU's randomness.
+        """
+        q = self.p - 1 if nonzero else self.p
+        v = lemire(words, q * q)
+        out = jnp.concatenate([v % U64(q), v // U64(q)])[: int(n)].astype(jnp.uint16)
+        return out + np.uint16(1) if nonzero else out
+
     def random(self, key, shape):
         return self.from_words(jax.random.bits(key, shape, jnp.uint64))
 

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmpc.core.comm import CommRecord, Message
 from jaxmpc.core.config import ProtocolConfig
@@ -200,6 +201,7 @@ class Runtime:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         self.memory_budget = None if memory_budget is None else int(memory_budget)
         self._chunk: tuple | None = None  # (traced chunk index, region stage) inside a chunked body
+        self._latest = None  # the last array a local step computed (orders stage draws, _draw_stage)
         self._stage_words: dict = {}
         self._recording: list | None = None
         self._path: list[str] = []
@@ -311,6 +313,15 @@ class Runtime:
 
         vargs = [unwrap(a) for a in args]
         vkw = {k: unwrap(v) for k, v in kwargs.items()}
+        if (self.simulated and self._latest is not None and helds and self._chunk is None
+                and max(t for t in times if t is not None) < 0):
+            # an input-independent (offline) step: scheduled after the latest online value, so that
+            # XLA does not run every layer's offline work first and keep all its temporaries alive
+            pos = [i for i, a in enumerate(args) if isinstance(a, Held) and isinstance(vargs[i], jax.Array)]
+            if pos:
+                tied, _ = lax.optimization_barrier(([vargs[i] for i in pos], self._latest))
+                for i, v in zip(pos, tied):
+                    vargs[i] = v
         token = _LOCAL_READERS.set(ps)
         try:
             if any(self.holds(p) for p in ps):
@@ -319,6 +330,10 @@ class Runtime:
                 out = jax.eval_shape(lambda *a: fn(*a, **vkw), *vargs)
         finally:
             _LOCAL_READERS.reset(token)
+        if max((t for t in times if t is not None), default=-1) >= 0:  # online data only
+            for o in out if isinstance(out, tuple) else (out,):
+                if isinstance(o, jax.Array) and not _is_placeholder(o):
+                    self._latest = o
         if isinstance(out, tuple):
             return tuple(Held(o, times) for o in out)
         return Held(out, times)
@@ -357,6 +372,9 @@ class Runtime:
         """A uniformly random ring tensor known to the parties of ``key_set`` (derived, not sent)."""
         shape = tuple(int(d) for d in shape)
         n = int(np.prod(shape, dtype=np.int64))
+        if hasattr(ring, "packed_words"):  # small fields: several elements per 64-bit word
+            return self.random_with(key_set, ring.packed_words(n), lambda w: ring.from_packed_words(w, n).reshape(shape),
+                                    name)
         return self.random_with(key_set, n, lambda w: ring.from_words(w).reshape(shape), name)
 
     def random_bits(self, key_set: frozenset, shape, name: str) -> Held:
@@ -412,6 +430,11 @@ class Runtime:
             if not reqs or not self.keys.holds(ks):
                 continue
             key = request_keys(self.keys.get(ks)[None, :], np.array([stage_id], np.uint32))
+            if self._latest is not None and self._chunk is None:
+                # a scheduling edge: the stage's stream is generated after the data that precedes
+                # its first use, not at the start of the program (where XLA may otherwise put every
+                # stage's stream, keeping them all alive at once)
+                key, _ = lax.optimization_barrier((key, self._latest))
             if self._chunk is not None and stage == self._chunk[1]:  # one key per chunk of the region
                 index = jnp.asarray(self._chunk[0], jnp.uint32)
                 key = request_keys(key, jnp.stack([jnp.uint32(_CHUNK_TAG), index])[None, :])
@@ -461,12 +484,13 @@ class Runtime:
                 index, vals = args
                 helds = tuple(Held(v, h.times) for v, h in zip(vals, inputs))
                 saved, self._chunk = self._chunk, (index, region)
+                saved_latest = self._latest
                 stage_keys = set(self._stage_words)
                 try:
                     with self.scope("map"):
                         outs = fn(*helds)
                 finally:
-                    self._chunk = saved
+                    self._chunk, self._latest = saved, saved_latest
                     for k in set(self._stage_words) - stage_keys:  # body tracers: never reuse outside
                         del self._stage_words[k]
                 out_meta.append(tuple(o.times for o in outs))

@@ -144,7 +144,8 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
     p = np.uint16(zp.p)
     with rt.scope("private_compare"):
         nm = int(np.prod(shape, dtype=np.int64)) * m
-        s = rt.random_with(C_S, nm, lambda w: zp.nonzero_from_words(w).reshape(shape + (m,)), "s")
+        s = rt.random_with(C_S, zp.packed_words(nm),
+                           lambda w: zp.from_packed_words(w, nm, nonzero=True).reshape(shape + (m,)), "s")
         # additive mask, common to C and S: the client sends pi(s c^c + u), the server pi(s c^s - u),
         # so the CP's view is one uniform vector and the masked sum pi(s c) (simulatable from the
         # output bit alone); without it the CP could divide the two vectors, cancel s and recover r

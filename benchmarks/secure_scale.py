@@ -1,0 +1,74 @@
+"""Secure ResNet18-CIFAR at scale: time, first call and peak RSS per (batch, compared bits,
+memory budget), each case in its own process (peak RSS is per process), checked against the
+fixed-point reference.
+
+Usage:
+    python benchmarks/secure_scale.py                          # the default grid
+    python benchmarks/secure_scale.py --cases 1:64:none 8:64:1GiB
+    PYTHONPATH=<old checkout> python benchmarks/secure_scale.py --cases 1:64:-   # an older jaxmpc
+                                                                 # (no memory_budget argument)
+
+A case is ``batch:bits:budget`` (budget ``none``, ``auto``, ``1GiB``..., or ``-`` to not pass the
+argument). Weights are random (BatchNorm statistics non-trivial): cost does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+CASE = r'''
+import json, os, resource, sys, time
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp, numpy as np
+import jaxmpc
+from jaxmpc import nn as jnn
+from jaxmpc.inference import fixed_point_apply, secure_apply
+batch, bits, budget = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+kw = {} if budget == "-" else {"memory_budget": None if budget == "none" else budget}
+model = jnn.ResNet18()
+v = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3), jnp.float32))
+x = np.random.default_rng(0).normal(size=(batch, 32, 32, 3)).astype(np.float32)
+cfg = jaxmpc.ProtocolConfig() if bits == 64 else jaxmpc.ProtocolConfig(compare_bits=bits, lsb_drop_bits=4)
+def run():
+    t = time.perf_counter()
+    y, rep = secure_apply(model, v, x, config=cfg, train=False, **kw)
+    return np.asarray(y), time.perf_counter() - t
+y, first = run()
+times = [run()[1] for _ in range(2)]
+ref = np.asarray(fixed_point_apply(model, v, x, config=cfg, train=False))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps(dict(first_s=first, run_s=min(times), peak_rss=rss, argmax_equal=bool(np.all(y.argmax(-1) == ref.argmax(-1))),
+                      max_abs_diff=float(np.max(np.abs(y - ref))), jaxmpc=os.path.dirname(jaxmpc.__file__))))
+'''
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", nargs="+", default=["1:64:none", "1:64:auto", "1:64:1GiB", "8:64:1GiB", "1:16:1GiB"])
+    args = ap.parse_args()
+    print(f"# Secure ResNet18-CIFAR at scale ({time.strftime('%Y-%m-%d %H:%M %Z')})")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.2f}\n")
+    print("| batch | compared bits | memory budget | first call s | s/batch | s/image | peak RSS GiB | argmax = reference "
+          "| max abs diff |")
+    print("|---:|---:|---|---:|---:|---:|---:|---|---:|")
+    for case in args.cases:
+        batch, bits, budget = case.split(":")
+        proc = subprocess.run([sys.executable, "-c", CASE, batch, bits, budget], capture_output=True, text=True)
+        if proc.returncode:
+            print(f"| {batch} | {bits} | {budget} | failed (exit {proc.returncode}): "
+                  f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''} |||||")
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"| {batch} | {bits} | {budget} | {r['first_s']:.1f} | {r['run_s']:.2f} | {r['run_s'] / int(batch):.2f} | "
+              f"{r['peak_rss'] / 2**30:.2f} | {r['argmax_equal']} | {r['max_abs_diff']:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
