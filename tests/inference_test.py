@@ -327,3 +327,29 @@ def test_unsupported_operation_is_named():
 
     with pytest.raises(NotImplementedError, match="tanh"):
         secure_apply(fn, {"params": {"w": np.ones((4, 2), np.float32)}}, np.ones((1, 4), np.float32), jit=False)
+
+
+def test_report_separates_per_session_weights_from_per_inference_traffic():
+    """The masked weights (8 B per kernel entry, server-weights protocol) are sent once per
+    session; everything else scales with the batch."""
+    class Tiny(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(6)(x))
+            return nn.Dense(3)(x)
+
+    model = Tiny()
+    v = model.init(jax.random.key(0), jnp.zeros((1, 5)))
+    reports = {}
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).normal(size=(batch, 5)).astype(np.float32)
+        _, reports[batch] = secure_apply(model, v, x)
+    one, three = reports[1], reports[3]
+    kernel_entries = 5 * 6 + 6 * 3
+    assert one.session_bytes == three.session_bytes == 8 * kernel_entries
+    assert one.session_bytes + one.inference_bytes == one.total_bytes
+    assert three.inference_bytes == 3 * one.inference_bytes
+    assert three.inference_bytes_per_image == one.inference_bytes_per_image
+    t = three.totals()
+    assert t["session_bytes"] == 8 * kernel_entries and t["inference_bytes"] == three.inference_bytes
+    assert "per session" in three.table() and "per image per inference" in str(three)

@@ -11,7 +11,9 @@ from jaxmpc._io import atomic_write_text
 from jaxmpc.core.comm import CommRecord
 from jaxmpc.core.parties import LINKS
 
-__all__ = ["LayerRow", "SecureReport"]
+__all__ = ["LayerRow", "SecureReport", "SESSION_KINDS"]
+
+SESSION_KINDS = ("weights",)  # message kinds sent once per session (see protocols.linear.bilinear_av)
 
 _LINK_NAMES = tuple(f"{a.short}->{b.short}" for a, b in LINKS)
 
@@ -112,6 +114,22 @@ class SecureReport:
         return self.comm.online_bytes
 
     @property
+    def session_bytes(self) -> int:
+        """Bytes sent once per session and reused by every later inference: the server's masked
+        weights (kind ``weights``, offline)."""
+        return self.comm.select(kind=SESSION_KINDS).total_bytes
+
+    @property
+    def inference_bytes(self) -> int:
+        """Bytes every call of this program sends again (all kinds but the per-session ones), for the
+        whole batch."""
+        return self.comm.select(exclude_kind=SESSION_KINDS).total_bytes
+
+    @property
+    def inference_bytes_per_image(self) -> float:
+        return self.inference_bytes / max(self.batch, 1)
+
+    @property
     def rounds(self) -> int:
         return self.comm.rounds
 
@@ -130,6 +148,9 @@ class SecureReport:
             "offline_bytes": self.comm.offline_bytes,
             "rounds": self.rounds,
             "bytes_per_image": self.total_bytes / max(self.batch, 1),
+            "session_bytes": self.session_bytes,
+            "inference_bytes": self.inference_bytes,
+            "inference_bytes_per_image": self.inference_bytes_per_image,
             "sent": self.comm.sent_per_party,
             "links": {f"{a.name.lower()}->{b.name.lower()}": v for (a, b), v in self.comm.links.items()},
             "by_kind": self.by_kind(),
@@ -186,10 +207,15 @@ class SecureReport:
         out += ["  ".join("-" * w for w in widths), fmt(lines[-1])]
         kinds = ", ".join(f"{k} {v / 1e6:,.3f} MB" for k, v in self.by_kind().items())
         out.append(f"by kind: {kinds}")
+        out.append(f"per session (masked weights, once): {self.session_bytes / 1e6:,.3f} MB; per inference: "
+                   f"{self.inference_bytes / 1e6:,.3f} MB for the batch of {self.batch}, "
+                   f"{self.inference_bytes_per_image / 1e6:,.3f} MB per image")
         return "\n".join(out)
 
     def __str__(self):
         return (f"SecureReport({self.drelus:,} DReLUs, {self.total_bytes / 1e6:,.3f} MB "
-                f"({self.online_bytes / 1e6:,.3f} MB online), {self.rounds} rounds, batch {self.batch})")
+                f"({self.online_bytes / 1e6:,.3f} MB online; {self.session_bytes / 1e6:,.3f} MB once per session, "
+                f"{self.inference_bytes_per_image / 1e6:,.3f} MB per image per inference), {self.rounds} rounds, "
+                f"batch {self.batch})")
 
     __repr__ = __str__

@@ -119,6 +119,7 @@ def infer_step(wd: Workdir, cfg: PipelineConfig, tag: str | None, *, images: int
         "seconds_per_image": steady,
         "compile_seconds": max(first - steady * len(first_out), 0.0),
         "per_image": {"drelus": per_image.drelus, "bytes": per_image.total_bytes,
+                      "inference_bytes": per_image.inference_bytes, "session_bytes": per_image.session_bytes,
                       "online_bytes": per_image.online_bytes, "rounds": per_image.rounds,
                       "by_kind": per_image.by_kind()},
         "drelus_all_relu": all_relu_count(model, variables, x.shape[1:]),

@@ -22,6 +22,14 @@ def _fmt_spread(st):
     return f"±{100 * st['sd']:.2f} ({st['seeds']})"
 
 
+def _mb(per_image: dict) -> str:
+    """Per-inference MB per image (online MB) + the masked weights sent once per session."""
+    if "inference_bytes" not in per_image:  # a result written before the split was recorded
+        return f"{per_image['bytes'] / 1e6:.2f} ({per_image['online_bytes'] / 1e6:.2f})"
+    return (f"{per_image['inference_bytes'] / 1e6:.2f} ({per_image['online_bytes'] / 1e6:.2f}) + "
+            f"{per_image['session_bytes'] / 1e6:.2f}")
+
+
 def summary_table(summary: dict) -> str:
     """The demo's tables: accuracies with intervals and seed spread (segmentation: mIoU), DReLUs,
     bytes and rounds per image, time; then the knapsack against each baseline at equal budget."""
@@ -31,7 +39,7 @@ def summary_table(summary: dict) -> str:
     conf = int(round(100 * summary.get("confidence", 0.95)))
     ci = f" [{conf}% CI]" if metric == "accuracy" else ""
     hdr = (f"| model | DReLUs/image | plaintext {name} %{ci} | sd over seeds (n) | before finetune %{ci} | "
-           f"secure {name} %{ci} | secure = plaintext | MB/image (online) | rounds | s/image |")
+           f"secure {name} %{ci} | secure = plaintext | MB/image per inference (online) + once per session | rounds | s/image |")
     lines = [hdr, "|" + "---|" * 10]
     ar = summary["all_relu"]
     st = ar.get("accuracy") or {}
@@ -42,7 +50,7 @@ def summary_table(summary: dict) -> str:
         pi = sec["per_image"]
         lines.append(f"| all-ReLU | {pi['drelus']:,} | {plain} | - | - | "
                      f"{_fmt_acc(sec.get(sec_key))}{_fmt_ci(*sec_ci)} | {sec['same_predictions']}/{sec['images']} | "
-                     f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
+                     f"{_mb(pi)} | {pi['rounds']} | "
                      f"{sec['seconds_per_image']:.3f} |")
     else:
         lines.append(f"| all-ReLU | - | {plain} | - | - | - | - | - | - | - |")
@@ -55,7 +63,7 @@ def summary_table(summary: dict) -> str:
             pi = inf["per_image"]
             sec_ci = row.get("secure_interval") or (None, None)
             cells = (f"{_fmt_acc(inf.get(sec_key))}{_fmt_ci(*sec_ci)} | {inf['same_predictions']}/{inf['images']} | "
-                     f"{pi['bytes'] / 1e6:.2f} ({pi['online_bytes'] / 1e6:.2f}) | {pi['rounds']} | "
+                     f"{_mb(pi)} | {pi['rounds']} | "
                      f"{inf['seconds_per_image']:.3f}")
         else:
             cells = "- | - | - | - | -"
