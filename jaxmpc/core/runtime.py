@@ -40,6 +40,7 @@ from jaxmpc.core.comm import CommRecord, Message
 from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.core.parties import PARTIES, Party
 from jaxmpc.core.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
+from jaxmpc.core.ring import scheduled_after
 
 __all__ = ["Held", "Runtime", "SecurityError", "Transport", "reshape_held", "slice_held"]
 
@@ -319,7 +320,7 @@ class Runtime:
             # XLA does not run every layer's offline work first and keep all its temporaries alive
             pos = [i for i, a in enumerate(args) if isinstance(a, Held) and isinstance(vargs[i], jax.Array)]
             if pos:
-                tied, _ = lax.optimization_barrier(([vargs[i] for i in pos], self._latest))
+                tied = scheduled_after([vargs[i] for i in pos], self._latest)
                 for i, v in zip(pos, tied):
                     vargs[i] = v
         token = _LOCAL_READERS.set(ps)
@@ -434,7 +435,7 @@ class Runtime:
                 # a scheduling edge: the stage's stream is generated after the data that precedes
                 # its first use, not at the start of the program (where XLA may otherwise put every
                 # stage's stream, keeping them all alive at once)
-                key, _ = lax.optimization_barrier((key, self._latest))
+                key = scheduled_after(key, self._latest)
             if self._chunk is not None and stage == self._chunk[1]:  # one key per chunk of the region
                 index = jnp.asarray(self._chunk[0], jnp.uint32)
                 key = request_keys(key, jnp.stack([jnp.uint32(_CHUNK_TAG), index])[None, :])
