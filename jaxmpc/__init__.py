@@ -25,6 +25,7 @@ from jaxmpc.protocols import reference as reference
 from jaxmpc.core.comm import CommRecord as CommRecord
 from jaxmpc.core.config import ProtocolConfig as ProtocolConfig
 from jaxmpc.core.config import require_x64 as require_x64
+from jaxmpc.core.config import enable_compilation_cache as enable_compilation_cache
 from jaxmpc.core.parties import Party as Party
 from jaxmpc.core.sharing import Shared as Shared
 from jaxmpc.simulate import simulate as simulate
@@ -42,7 +43,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CommRecord", "Party", "ProtocolConfig", "SecureReport", "Shared", "blocks", "costs", "data", "distortion",
-    "fixed_point_apply",
+    "enable_compilation_cache", "fixed_point_apply",
     "knapsack", "nn", "ops", "protocols", "reference", "require_x64", "secure_apply", "secure_cost", "simulate", "train",
 ]
 

@@ -45,13 +45,12 @@ def _enable_x64():
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    cache = os.environ.get("JAXMPC_COMPILATION_CACHE", os.path.expanduser("~/.cache/jaxmpc/xla"))
-    if cache and cache != "0":
-        try:
-            jax.config.update("jax_compilation_cache_dir", cache)
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-        except Exception:  # noqa: BLE001 - the cache is an optimisation only
-            pass
+    from jaxmpc.core.config import enable_compilation_cache
+
+    try:
+        enable_compilation_cache()
+    except OSError:  # the cache is an optimisation only (e.g. a read-only home)
+        pass
 
 
 class _Parser(argparse.ArgumentParser):

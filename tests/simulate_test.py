@@ -100,3 +100,21 @@ def test_errors_before_tracing():
     finally:
         jax.config.update("jax_enable_x64", True)
     assert calls == []
+
+
+def test_enable_compilation_cache(tmp_path, monkeypatch):
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    try:
+        where = tmp_path / "xla"
+        assert jaxmpc.enable_compilation_cache(str(where), min_compile_seconds=0.5) == str(where)
+        assert where.is_dir() and jax.config.jax_compilation_cache_dir == str(where)
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.5
+        monkeypatch.setenv("JAXMPC_COMPILATION_CACHE", "0")
+        assert jaxmpc.enable_compilation_cache() is None
+        with pytest.raises(ValueError, match="min_compile_seconds"):
+            jaxmpc.enable_compilation_cache(str(where), min_compile_seconds=-1)
+    finally:
+        for n, v in saved.items():
+            jax.config.update(n, v)

@@ -12,7 +12,7 @@ from typing import Literal
 
 import jax
 
-__all__ = ["ProtocolConfig", "require_x64", "x64_enabled"]
+__all__ = ["ProtocolConfig", "enable_compilation_cache", "require_x64", "x64_enabled"]
 
 
 def x64_enabled() -> bool:
@@ -40,6 +40,43 @@ def require_x64() -> None:
             "your program (or set JAX_ENABLE_X64=1) before using secure computation; without it uint64 "
             "silently becomes uint32."
         )
+
+
+DEFAULT_CACHE_DIR = "~/.cache/jaxmpc/xla"
+
+
+def enable_compilation_cache(directory: str | None = None, *, min_compile_seconds: float = 1.0) -> str | None:
+    """Turns on JAX's persistent compilation cache, so that a new process loads a secure program
+    compiled before instead of compiling it again (minutes for a ResNet; see BENCHMARKS.md).
+
+    A process-wide JAX setting, so jaxmpc never turns it on as a side effect of importing or
+    calling it: call this once at the start of a program (the ``jaxmpc`` command line does).
+
+    Args:
+      directory: where to keep compiled programs; default ``$JAXMPC_COMPILATION_CACHE`` or
+        ``~/.cache/jaxmpc/xla``. ``"0"`` (or ``JAXMPC_COMPILATION_CACHE=0``) leaves the cache off.
+      min_compile_seconds: only programs that took at least this long to compile are stored.
+
+    Returns:
+      the cache directory, or ``None`` when left off.
+
+    Note: programs with host callbacks -- the networked parties' programs, whose sends and receives
+    are ``io_callback`` s -- are never stored by JAX; only simulated runs benefit.
+    """
+    import os
+
+    if min_compile_seconds < 0:
+        raise ValueError(f"min_compile_seconds must be >= 0, got {min_compile_seconds}")
+    if directory is None:
+        directory = os.environ.get("JAXMPC_COMPILATION_CACHE", DEFAULT_CACHE_DIR)
+    if not directory or directory == "0":
+        return None
+    directory = os.path.expanduser(str(directory))
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
 
 
 LinearProtocol = Literal["server_weights", "shared_weights"]
