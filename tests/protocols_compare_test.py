@@ -238,3 +238,14 @@ def test_shared_type_checks():
         return v
 
     run_jitted(build, jnp.asarray(u64([1, 2])))
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 7, 14, 16, 64])
+def test_rotation_by_bits_equals_the_index_gather(m):
+    """PrivateCompare's cyclic permutation: rolls by the bits of k equal d[(i + k) mod m], for every k."""
+    rng = np.random.default_rng(m)
+    k = np.tile(np.arange(m, dtype=np.uint32), 3)
+    d = rng.integers(0, 67, (k.size, m)).astype(np.uint16)
+    expect = np.take_along_axis(d, (np.arange(m)[None, :] + k[:, None].astype(np.int64)) % m, axis=-1)
+    got = np.asarray(compare.rotate_last_axis(jnp.asarray(d), jnp.asarray(k), m))
+    np.testing.assert_array_equal(got, expect)

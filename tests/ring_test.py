@@ -217,3 +217,42 @@ def test_limb_products_of_a_conv_chain_split_each_kernel_just_in_time():
     temp = jax.jit(chain).lower(x, ws).compile().memory_analysis().temp_size_in_bytes
     one_layer_limbs = 4 * 9 * c * c * 8
     assert temp < 2 * one_layer_limbs, (temp, one_layer_limbs)
+
+
+@pytest.mark.parametrize("nonzero", [False, True])
+def test_packed_z67_digits_equal_the_big_integer_definition(nonzero):
+    """Each pair of words (h, l) gives the first k base-q digits of (h 2^64 + l) / 2^128, exactly
+    as Python's integers compute them, including all-zero and all-one words."""
+    zp = Zp(67)
+    q = 66 if nonzero else 67
+    k = zp.digits_per_pair(nonzero)
+    assert k == 12 and q**k <= 2 ** (128 - ring.PACKED_SECURITY_BITS) < q ** (k + 1)
+    rng = np.random.default_rng(5)
+    groups = 40
+    hi = rng.integers(0, 2**64, groups, dtype=np.uint64)
+    lo = rng.integers(0, 2**64, groups, dtype=np.uint64)
+    hi[:3] = [0, 2**64 - 1, 2**64 - 1]
+    lo[:3] = [0, 2**64 - 1, 0]
+    n = groups * k - 5  # a partial last group
+    assert zp.packed_words(n, nonzero=nonzero) == 2 * groups
+    got = np.asarray(zp.from_packed_words(jnp.asarray(np.concatenate([hi, lo])), n, nonzero=nonzero))
+    expect = np.zeros((k, groups), np.int64)
+    for g in range(groups):
+        v = (int(hi[g]) * 2**64 + int(lo[g])) * q**k >> 128  # floor(W q^k / 2^128)
+        for j in range(k):  # most significant digit first
+            expect[j, g] = (v // q ** (k - 1 - j)) % q
+    expect = expect.reshape(-1)[:n] + (1 if nonzero else 0)
+    np.testing.assert_array_equal(got, expect)
+    assert got.dtype == np.uint16
+
+
+def test_packed_z67_digits_are_uniform():
+    """Chi-square of 1.2M packed digits, and of adjacent digit pairs, against uniform on Z_67."""
+    from scipy import stats
+
+    words = jax.random.bits(jax.random.key(3), (2 * 100_000,), jnp.uint64)
+    d = np.asarray(Zp(67).from_packed_words(words, 1_200_000)).astype(np.int64)
+    counts = np.bincount(d, minlength=67)
+    assert counts.size == 67 and stats.chisquare(counts).pvalue > 1e-4
+    pairs = np.bincount(d[:-1:2] * 67 + d[1::2], minlength=67 * 67)
+    assert stats.chisquare(pairs).pvalue > 1e-4

@@ -56,6 +56,7 @@ __all__ = [
 
 U64 = jnp.uint64
 ENCODE_LIMIT = 2**62  # largest |round(x * 2^T)| accepted by encode
+PACKED_SECURITY_BITS = 55  # Zp.from_packed_words: statistical distance <= 2^-55 per group of digits
 
 
 def _u64(v: int) -> np.uint64:
@@ -216,22 +217,45 @@ class Zp:
         """Uniform on Z_p^* = {1, ..., p-1} from uniform ``uint64`` words."""
         return lemire(words, self.p - 1).astype(jnp.uint16) + np.uint16(1)
 
-    @staticmethod
-    def packed_words(n: int) -> int:
-        """``uint64`` words that :meth:`from_packed_words` needs for ``n`` elements (two per word)."""
-        return -(-int(n) // 2)
+    def digits_per_pair(self, nonzero: bool = False) -> int:
+        """Elements of Z_p (Z_p^*) that :meth:`from_packed_words` reads from each pair of ``uint64``
+        words: the largest ``k`` with ``q^k <= 2^(128 - PACKED_SECURITY_BITS)`` (12 for p = 67)."""
+        q = self.p - 1 if nonzero else self.p
+        k = 0
+        while q ** (k + 1) <= 2 ** (128 - PACKED_SECURITY_BITS):
+            k += 1
+        return k
+
+    def packed_words(self, n: int, *, nonzero: bool = False) -> int:
+        """``uint64`` words that :meth:`from_packed_words` needs for ``n`` elements."""
+        return 2 * -(-int(n) // self.digits_per_pair(nonzero))
 
     def from_packed_words(self, words, n: int, *, nonzero: bool = False):
-        """``n`` elements of Z_p (or Z_p^* with ``nonzero``), two per uniform ``uint64`` word.
+        """``n`` elements of Z_p (or Z_p^* with ``nonzero``), ``k`` from each pair of uniform words.
 
-        ``v = floor(w q^2 / 2^64)`` (:func:`lemire`, ``q = p`` or ``p - 1``) is uniform on
-        ``[0, q^2)`` up to statistical distance ``q^2 / 2^64`` (``2^-51.9`` for p = 67); its two
-        base-q digits are the elements ``i`` and ``i + ceil(n/2)``. Halves the random words of
-        PrivateCompare, whose Z_67 vectors are most of a DReLU's randomness.
+        A pair ``(h, l)`` is a uniform 128-bit ``W = h 2^64 + l``; its elements are the first ``k``
+        base-``q`` digits of ``W / 2^128`` (``q = p`` or ``p - 1``), i.e. of
+        ``floor(W q^k / 2^128)``, which is uniform on ``[0, q^k)`` up to statistical distance
+        ``q^k / 2^128 <= 2^-55`` (:data:`PACKED_SECURITY_BITS`; ``2^-55.2`` for p = 67, k = 12).
+        Each digit is the carry out of multiplying the two-limb fraction by ``q``. A third of the
+        words of two digits per word, at a smaller distance (that was ``2^-51.9``); the Z_67
+        vectors of PrivateCompare are most of a DReLU's randomness.
         """
         q = self.p - 1 if nonzero else self.p
-        v = lemire(words, q * q)
-        out = jnp.concatenate([v % U64(q), v // U64(q)])[: int(n)].astype(jnp.uint16)
+        k = self.digits_per_pair(nonzero)
+        groups = -(-int(n) // k)
+        words = jnp.asarray(words, U64).reshape(2, groups)
+        qq = U64(q)
+
+        def step(limbs, _):
+            hi, lo = limbs
+            hi_lo = hi * qq
+            new_hi = hi_lo + _mul_high_small(lo, q)
+            digit = _mul_high_small(hi, q) + (new_hi < hi_lo).astype(U64)
+            return (new_hi, lo * qq), digit
+
+        _, digits = lax.scan(step, (words[0], words[1]), None, length=k)
+        out = digits.reshape(k * groups)[: int(n)].astype(jnp.uint16)
         return out + np.uint16(1) if nonzero else out
 
     def random(self, key, shape):
@@ -247,14 +271,21 @@ class Zp:
         return f"Z_{self.p}"
 
 
+def _mul_high_small(x, q: int):
+    """``floor(x q / 2^64)`` for ``uint64`` ``x`` and ``0 < q < 2^32``, exactly (32-bit halves)."""
+    lo, hi = x & U64(0xFFFFFFFF), x >> U64(32)
+    return (hi * U64(q) + ((lo * U64(q)) >> U64(32))) >> U64(32)
+
+
 def lemire(words, n: int):
     """``floor(words * n / 2^64)``: uniform on ``[0, n)`` from uniform ``uint64`` words (bias <= n / 2^64).
 
-    Lemire's multiply-high reduction, with the 128-bit product split into 32-bit halves.
+    Lemire's multiply-high reduction, with the 128-bit product split into 32-bit halves
+    (``0 < n < 2^32``).
     """
-    x = jnp.asarray(words, U64)
-    lo, hi = x & U64(0xFFFFFFFF), x >> U64(32)
-    return (hi * U64(n) + ((lo * U64(n)) >> U64(32))) >> U64(32)
+    if not 0 < int(n) < 2**32:
+        raise ValueError(f"lemire needs 0 < n < 2^32, got {n}")
+    return _mul_high_small(jnp.asarray(words, U64), int(n))
 
 
 RING64 = Z2k(64)
