@@ -12,13 +12,13 @@ from jaxmpc import ops
 from jaxmpc.protocols.compare import drelu_bytes_per_element
 from jaxmpc.simulate import memory_budget_bytes
 
-# chunks of 1024 (the minimum) and of 1200 elements: 2 full chunks and a remainder each
-N = 2 * 1200 + 100
+# at most 1024 (the minimum) or 1700 elements a chunk: 5 chunks of 980 or 3 of 1634 (2 padding)
+N = 4 * 1200 + 100
 
 
 def _budgets(cfg):
     bpe = drelu_bytes_per_element(cfg)
-    return [None, 1024 * bpe, 1200 * bpe]
+    return [None, 1024 * bpe, 1700 * bpe]
 
 
 def _values(shape, seed=0):
@@ -87,3 +87,22 @@ def test_memory_budget_auto_is_a_fraction_of_the_device():
 def test_bad_memory_budgets_are_refused_before_any_work(bad):
     with pytest.raises(ValueError, match="memory_budget"):
         jaxmpc.simulate(ops.drelu, np.zeros(4), memory_budget=bad)
+
+
+def test_a_message_that_is_not_linear_in_the_elements_cannot_be_chunked():
+    from jaxmpc.core.parties import CLIENT, SERVER
+    from jaxmpc.core.ring import RING64
+    from jaxmpc.core.runtime import reshape_held, slice_held
+
+    def fn(x):
+        rt, n = x.rt, x.size
+
+        def body(c, s):  # one element per chunk, whatever its size: not a per-element protocol
+            rt.send(SERVER, CLIENT, slice_held(s, 0, 1), RING64)
+            return c, s
+
+        rt.chunked("odd", body, (reshape_held(x.c, (n,)), reshape_held(x.s, (n,))), 1024)
+        return x
+
+    with pytest.raises(RuntimeError, match="not linear in the elements"):
+        jaxmpc.simulate(fn, np.zeros(2500), key=jax.random.key(0))

@@ -50,7 +50,7 @@ from jax import lax
 
 from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, Party, owners
 
-__all__ = ["PartyKeys", "simulation_keys", "op_id", "request_keys", "stream_words", "KEY_SETS", "KEY_WORDS",
+__all__ = ["PartyKeys", "simulation_keys", "op_id", "request_keys", "stream_words", "stream_parts", "KEY_SETS", "KEY_WORDS",
            "KEY_BYTES", "fresh_key_words", "key_words", "key_from_bytes", "chacha20_block", "chacha20_words"]
 
 KEY_SETS = (C_S, C_CP, S_CP, owners(CLIENT), owners(SERVER), owners(CP))
@@ -157,21 +157,23 @@ def chacha20_block(key, counter, nonce) -> tuple:
     return tuple(a + b for a, b in zip(x, init))
 
 
-def _keystream_words(key, first_block, n_blocks: int):
-    """``uint64[8 * n_blocks]``: the little-endian 64-bit words of keystream blocks
-    ``first_block ..`` of ``key`` (nonce 0), converted inside the loop (no 32-bit copy)."""
+def _keystream_words(lanes, n_blocks: int):
+    """``uint64[8 * n_blocks]``: the little-endian 64-bit words of ``n_blocks`` keystream blocks,
+    block ``g`` under ``lanes(g) = (key words, block counter)`` (nonce 0), converted inside the
+    loop (no 32-bit copy); long streams run as a loop over chunks of blocks."""
     zero = U32(0)
 
     def run(start, n):
-        out = chacha20_block(key, start + lax.iota(U32, n), (zero, zero, zero))
+        key, counter = lanes(start + lax.iota(U32, n))
+        out = chacha20_block(key, counter, (zero, zero, zero))
         words = [(out[2 * j + 1].astype(jnp.uint64) << jnp.uint64(32)) | out[2 * j].astype(jnp.uint64)
                  for j in range(8)]
         return jnp.stack(words, axis=1).reshape(8 * n)
 
     if n_blocks <= _BLOCKS_PER_CHUNK:
-        return run(jnp.asarray(first_block, U32), n_blocks)
+        return run(U32(0), n_blocks)
     n_chunks = -(-n_blocks // _BLOCKS_PER_CHUNK)
-    starts = jnp.asarray(first_block, U32) + U32(_BLOCKS_PER_CHUNK) * jnp.arange(n_chunks, dtype=U32)
+    starts = U32(_BLOCKS_PER_CHUNK) * jnp.arange(n_chunks, dtype=U32)
     out = lax.map(lambda st: run(st, _BLOCKS_PER_CHUNK), starts)
     return out.reshape(n_chunks * _BLOCKS_PER_CHUNK * 8)[: 8 * n_blocks]
 
@@ -188,7 +190,8 @@ def chacha20_words(key, n_words: int, first_word: int = 0) -> jax.Array:
         return jnp.zeros((0,), jnp.uint64)
     key = [jnp.asarray(key, U32)[i] for i in range(KEY_WORDS)]
     n_blocks = -(-n_words // 8)
-    return _keystream_words(key, first_word // 8, n_blocks)[:n_words]
+    first = U32(first_word // 8)
+    return _keystream_words(lambda g: (key, first + g), n_blocks)[:n_words]
 
 
 def request_keys(base, ids) -> jax.Array:
@@ -207,11 +210,47 @@ def request_keys(base, ids) -> jax.Array:
 
 def stream_words(keys, sizes: tuple[int, ...]) -> jax.Array:
     """Concatenated streams: ``sizes[s]`` ``uint64`` words of the keystream of ``keys[s]``."""
-    keys = jnp.asarray(keys, U32)
-    parts = [chacha20_words(keys[s], int(n)) for s, n in enumerate(sizes) if n]
+    parts = [p for p in stream_parts(keys, sizes) if p.shape[0]]
     if not parts:
         return jnp.zeros((0,), jnp.uint64)
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+
+def stream_parts(keys, sizes: tuple[int, ...]) -> list:
+    """``[uint64[sizes[s]]]``: the first ``sizes[s]`` words of the keystream of ``keys[s]``.
+
+    All streams run in one ChaCha20 loop over their blocks laid end to end (block ``g`` picks its
+    stream's key and counter with a few selects): the same words as one :func:`chacha20_words`
+    per key, in one loop instead of one per key (a stage draws for up to six key sets, and every
+    loop is compiled code of its own); the parts are slices of the loop's output buffer.
+    """
+    keys = jnp.asarray(keys, U32)
+    sizes = [int(n) for n in sizes]
+    live = [(s, n) for s, n in enumerate(sizes) if n]
+    empty = jnp.zeros((0,), jnp.uint64)
+    if len(live) <= 1:
+        return [chacha20_words(keys[s], n) if n else empty for s, n in enumerate(sizes)]
+    for _, n in live:
+        if n > 8 * 2**32:
+            raise ValueError("a ChaCha20 stream has at most 2^35 64-bit words; use smaller stages")
+    offsets = np.cumsum([0] + [-(-n // 8) for _, n in live])  # first block of each stream
+    if offsets[-1] >= 2**32:
+        raise ValueError("streams of one call have at most 2^32 ChaCha20 blocks in all; use smaller stages")
+    rows = [[keys[s, i] for i in range(KEY_WORDS)] for s, _ in live]
+
+    def lanes(g):
+        key, first = list(rows[0]), U32(0)
+        for j in range(1, len(live)):
+            later = g >= U32(offsets[j])
+            key = [jnp.where(later, new, old) for new, old in zip(rows[j], key)]
+            first = jnp.where(later, U32(offsets[j]), first)
+        return key, g - first
+
+    words = _keystream_words(lanes, int(offsets[-1]))
+    parts = [empty] * len(sizes)
+    for j, (s, n) in enumerate(live):
+        parts[s] = words[8 * int(offsets[j]): 8 * int(offsets[j]) + n]
+    return parts
 
 
 @dataclasses.dataclass(frozen=True)

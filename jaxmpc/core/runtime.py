@@ -38,7 +38,7 @@ import numpy as np
 from jaxmpc.core.comm import CommRecord, Message
 from jaxmpc.core.config import ProtocolConfig
 from jaxmpc.core.parties import PARTIES, Party
-from jaxmpc.core.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_words
+from jaxmpc.core.randomness import KEY_SETS, PartyKeys, op_id, request_keys, stream_parts, stream_words
 from jaxmpc.core.ring import scheduled_after
 
 __all__ = ["Held", "Runtime", "SecurityError", "Transport", "reshape_held", "slice_held"]
@@ -417,35 +417,46 @@ class Runtime:
             parts = self._stage_words[stage]
             if ident not in parts or parts[ident].shape[0] != n:
                 raise RuntimeError("random plan does not match the protocol (changed between passes?)")
-            return parts[ident]
+            # each request is served once: dropping served words (and a stage once all are served)
+            # frees them in eager and party-mode runs, where nothing else would
+            words = parts.pop(ident)
+            if not parts:
+                del self._stage_words[stage]
+            return words
         keys = request_keys(self.keys.get(key_set)[None, :], np.array([ident], np.uint32))
         return stream_words(keys, (n,))
 
     def _draw_stage(self, stage: tuple, requests) -> dict:
         """All words of a stage this runtime may derive: one counter-mode stream per key set."""
         stage_id = op_id(stage, "#stage", 0)
-        out = {}
+        held = []  # (key set, its requests) for the key sets this runtime holds
         for ks in KEY_SETS:
             reqs = [(ident, n) for r_ks, ident, n in requests if r_ks == ks]
-            if not reqs or not self.keys.holds(ks):
-                continue
-            key = request_keys(self.keys.get(ks)[None, :], np.array([stage_id], np.uint32))
-            if self._latest is not None and self._chunk is None:
-                # a scheduling edge: the stage's stream is generated after the data that precedes
-                # its first use, not at the start of the program (where XLA may otherwise put every
-                # stage's stream, keeping them all alive at once)
-                key = scheduled_after(key, self._latest)
-            if self._chunk is not None and stage == self._chunk[1]:  # one key per chunk of the region
-                index = jnp.asarray(self._chunk[0], jnp.uint32)
-                key = request_keys(key, jnp.stack([jnp.uint32(_CHUNK_TAG), index])[None, :])
-            words = stream_words(key, (sum(n for _, n in reqs),))
-            parts, off = [], 0
-            for _, n in reqs:
-                parts.append(words[off: off + n])
+            if reqs and self.keys.holds(ks):
+                held.append((ks, reqs))
+        if not held:
+            return {}
+        # one derivation and one ChaCha20 loop for all key sets (the same words as one per set)
+        base = jnp.stack([jnp.asarray(self.keys.get(ks)) for ks, _ in held])
+        keys = request_keys(base, np.repeat(np.array([stage_id], np.uint32), len(held), axis=0))
+        if self._latest is not None and self._chunk is None:
+            # a scheduling edge: the stage's stream is generated after the data that precedes
+            # its first use, not at the start of the program (where XLA may otherwise put every
+            # stage's stream, keeping them all alive at once)
+            keys = scheduled_after(keys, self._latest)
+        if self._chunk is not None and stage == self._chunk[1]:  # one key per chunk of the region
+            index = jnp.asarray(self._chunk[0], jnp.uint32)
+            chunk_id = jnp.broadcast_to(jnp.stack([jnp.uint32(_CHUNK_TAG), index])[None, :], (len(held), 2))
+            keys = request_keys(keys, chunk_id)
+        # the stream is the output of ChaCha20's round loop: a buffer computed once, which
+        # consumers slice (an elementwise PRF would be fused into, and recomputed by, each)
+        streams = stream_parts(keys, tuple(sum(n for _, n in reqs) for _, reqs in held))
+        out = {}
+        for (_, reqs), words in zip(held, streams):
+            off = 0
+            for ident, n in reqs:
+                out[ident] = words[off: off + n]
                 off += n
-            # the stream is the output of ChaCha20's round loop: a buffer computed once, which
-            # consumers slice (an elementwise PRF would be fused into, and recomputed by, each)
-            out.update({ident: part for (ident, _), part in zip(reqs, parts)})
         return out
 
     # -- chunked regions ----------------------------------------------------------------------
@@ -457,24 +468,27 @@ class Runtime:
         return max(int(minimum), self.memory_budget // max(int(bytes_per_element), 1))
 
     def chunked(self, name: str, fn: Callable, inputs: tuple, chunk: int) -> tuple:
-        """``fn(*inputs)`` evaluated in chunks of ``chunk`` elements along the leading axis.
+        """``fn(*inputs)`` evaluated in chunks of at most ``chunk`` elements along the leading axis.
 
         ``fn`` maps a tuple of :class:`Held` (leading axis = elements) to a tuple of ``Held``
         with the same leading axis, elementwise along it (a protocol on a flat batch of
-        elements). The full chunks run in one ``lax.map`` (XLA keeps one chunk's working set
-        alive, not the layer's), the remainder as one more call; messages and notes are counted
-        for every element, so the communication record equals the unchunked one. Each chunk
-        draws its randomness from its own key (the region's stage key and the chunk index).
-        Simulation only (in party mode the caller does not chunk: :meth:`chunk_elements`).
+        elements). The ``n`` elements run as ``c = ceil(n / chunk)`` equal chunks in one
+        ``lax.map`` (XLA keeps one chunk's working set alive, not the layer's; one copy of the
+        protocol's code), the last one padded with fewer than ``c`` zero elements whose results
+        are dropped. Messages and notes must be linear in the elements (every per-element
+        protocol's are); they are recorded for the ``n`` real elements, so the communication
+        record equals the unchunked one. Each chunk draws its randomness from its own key (the
+        region's stage key and the chunk index). Simulation only (in party mode the caller does
+        not chunk: :meth:`chunk_elements`).
         """
         n = int(inputs[0].shape[0])
         chunk = int(chunk)
         if any(int(h.shape[0]) != n for h in inputs):
             raise ValueError("chunked: every input needs the same leading (element) axis")
-        full = n // chunk
-        if full <= 1 or not self.simulated:
+        if n // chunk <= 1 or not self.simulated:
             return fn(*inputs)
-        rest = n - full * chunk
+        count = -(-n // chunk)
+        size = -(-n // count)  # balanced chunks: count * size - n < count padding elements
         with self.scope(name):
             region = ("#chunked",) + self.path
             start_msg, start_note = len(self.messages), len(self.notes)
@@ -496,33 +510,33 @@ class Runtime:
                 out_meta.append(tuple(o.times for o in outs))
                 return tuple(o.value for o in outs)
 
-            vals = tuple(h.value[: full * chunk].reshape((full, chunk) + tuple(h.shape[1:])) for h in inputs)
-            mapped = jax.lax.map(body, (jnp.arange(full, dtype=jnp.uint32), vals))
-            outs = tuple(Held(v.reshape((full * chunk,) + v.shape[2:]), t) for v, t in zip(mapped, out_meta[-1]))
+            def split(v):
+                v = jnp.pad(v, [(0, count * size - n)] + [(0, 0)] * (v.ndim - 1))
+                return v.reshape((count, size) + tuple(v.shape[1:]))
+
+            mapped = jax.lax.map(body, (jnp.arange(count, dtype=jnp.uint32), tuple(split(h.value) for h in inputs)))
+            outs = tuple(Held(v.reshape((count * size,) + v.shape[2:])[:n], t) for v, t in zip(mapped, out_meta[-1]))
             body_msgs, body_notes = self.messages[start_msg:], self.notes[start_note:]
             del self.messages[start_msg:], self.notes[start_note:]
-            rest_msgs, rest_notes = [], []
-            if rest:
-                with self.scope("rest"):
-                    tail = fn(*(slice_held(h, full * chunk, n) for h in inputs))
-                outs = tuple(Held(jnp.concatenate([a.value, b.value]), a.times) for a, b in zip(outs, tail))
-                rest_msgs, rest_notes = self.messages[start_msg:], self.notes[start_note:]
-                del self.messages[start_msg:], self.notes[start_note:]
-                if [(m.src, m.dst, m.sent) for m in rest_msgs] != [(m.src, m.dst, m.sent) for m in body_msgs]:
-                    raise RuntimeError(f"chunked {name}: the protocol's messages depend on the chunk size")
-            # one record, as if unchunked: every message counted for all n elements, under the
+
+            def for_all(per_chunk: int, what: str) -> int:
+                if (per_chunk * n) % size:
+                    raise RuntimeError(f"chunked {name}: {what} is not linear in the elements "
+                                       f"({per_chunk} for a chunk of {size}); it cannot run in chunks")
+                return per_chunk * n // size
+
+            # one record, as if unchunked: every message counted for the n elements, under the
             # caller's scope (the region's own scope names only separate the random streams)
             depth = len(self.path) - 1
 
             def unscoped(path):
                 return path[:depth] + path[depth + 2:]
 
-            for i, m in enumerate(body_msgs):
-                extra = rest_msgs[i].nbytes if rest_msgs else 0
-                self.messages.append(dataclasses.replace(m, path=unscoped(m.path), nbytes=m.nbytes * full + extra))
-            for i, (path, what, count) in enumerate(body_notes):
-                extra = rest_notes[i][2] if rest_notes else 0
-                self.notes.append((unscoped(path), what, count * full + extra))
+            for m in body_msgs:
+                self.messages.append(dataclasses.replace(m, path=unscoped(m.path),
+                                                         nbytes=for_all(m.nbytes, f"a message of {'/'.join(m.path)}")))
+            for path, what, cnt in body_notes:
+                self.notes.append((unscoped(path), what, for_all(cnt, f"the note {what!r}")))
         return outs
 
     @classmethod
