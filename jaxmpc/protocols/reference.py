@@ -239,21 +239,21 @@ def block_relu(x, sizes, config: ProtocolConfig = ProtocolConfig(), *, check_ran
     *lead, h, w, c = x.shape
     sizes = blocks.validate_block_sizes(sizes, c)
     out = jnp.zeros_like(x)
-    for ch in range(c):
-        bh, bw = (int(v) for v in sizes[ch])
-        xc = x[..., ch]
-        if (bh, bw) == blocks.IDENTITY:
-            out = out.at[..., ch].set(xc)
-            continue
-        if (bh, bw) == blocks.ZERO:
-            continue
+    ident = np.flatnonzero((sizes[:, 0] == 0) & (sizes[:, 1] == 1))
+    if len(ident):
+        out = out.at[..., ident].set(x[..., ident])
+    # channels of one patch size together (one program per size, not per channel)
+    for bh, bw in sorted({(int(a), int(b)) for a, b in sizes[blocks.is_patch(sizes)]}):
+        chans = np.flatnonzero((sizes[:, 0] == bh) & (sizes[:, 1] == bw))
+        xc = x[..., chans]  # [..., H, W, m]
         ph, pw = blocks.patch_grid(h, w, bh, bw)
-        pad = jnp.pad(xc, [(0, 0)] * len(lead) + [(0, ph * bh - h), (0, pw * bw - w)])
-        sums = jnp.sum(pad.reshape(tuple(lead) + (ph, bh, pw, bw)), axis=(-3, -1), dtype=U64)
+        pad = jnp.pad(xc, [(0, 0)] * len(lead) + [(0, ph * bh - h), (0, pw * bw - w), (0, 0)])
+        sums = jnp.sum(pad.reshape(tuple(lead) + (ph, bh, pw, bw, len(chans))), axis=(-4, -2), dtype=U64)
         if config.exact_compare:
             bit = drelu(sums, config, check_range=check_range)
         else:
-            bit = drelu(sums, config, divisor=blocks.patch_counts(h, w, bh, bw), check_range=check_range)
-        mask = jnp.repeat(jnp.repeat(bit, bh, axis=-2), bw, axis=-1)[..., :h, :w]
-        out = out.at[..., ch].set(xc * mask)
+            divisor = blocks.patch_counts(h, w, bh, bw)[:, :, None]
+            bit = drelu(sums, config, divisor=divisor, check_range=check_range)
+        mask = jnp.repeat(jnp.repeat(bit, bh, axis=-3), bw, axis=-2)[..., :h, :w, :]
+        out = out.at[..., chans].set(xc * mask)
     return out
