@@ -167,6 +167,84 @@ def test_ring_conv_limbs_equal_native(n, h, w, cin_g, groups, cout_g, k, stride,
     np.testing.assert_array_equal(np.asarray(a), _conv_ref(x, kern, (stride, stride), padding, (dilation, dilation), groups))
 
 
+@given(
+    n=st.integers(1, 2), h=st.integers(3, 7), cin_g=st.integers(1, 3), groups=st.integers(1, 2),
+    cout_g=st.integers(1, 3), k=st.integers(1, 3), stride=st.integers(1, 2),
+    log_w=st.sampled_from([0, 8, 20, 27, 40, 63]), seed=st.integers(0, 2**31),
+)
+def test_ring_conv_signed_rhs_equals_native(n, h, cin_g, groups, cout_g, k, stride, log_w, seed):
+    """Exact for every kernel: small ones take the float64 path, large ones (2^40, 2^63) the fallback."""
+    rng = np.random.default_rng(seed)
+    cin, cout = cin_g * groups, cout_g * groups
+    x = rng.integers(0, 2**64, (n, h, h, cin), dtype=np.uint64)
+    kern = rng.integers(-(2**log_w), 2**log_w, (k, k, cin_g, cout), dtype=np.int64).view(np.uint64)
+    kw = dict(window_strides=(stride, stride), padding="SAME", feature_group_count=groups)
+    want = _conv_ref(x, kern, (stride, stride), "SAME", (1, 1), groups)
+    got = jax.jit(lambda a, b: ring.ring_conv(a, b, method="signed_rhs", **kw))(x, kern)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def _edge_kernel(l1: int, cin: int = 4, cout: int = 3):
+    """A 3x3 kernel whose first output channel has sum |w| == l1 (signs mixed, one -2^k entry)."""
+    kern = np.zeros((3, 3, cin, cout), np.int64)
+    flat = kern[..., 0].reshape(-1)
+    q, r = divmod(l1, flat.size)
+    flat[:] = q
+    flat[0] += r
+    flat[1::2] *= -1
+    kern[..., 0] = flat.reshape(3, 3, cin)
+    kern[..., 1] = -(2**20)
+    return kern.view(np.uint64)
+
+
+@pytest.mark.parametrize("l1", [2**31 - 1, 2**31])
+def test_signed_rhs_bound_is_exact_at_the_edge(l1):
+    """All-ones inputs (every 22-bit limb at its maximum) against a kernel at the bound: the float64
+    path is taken up to sum |w| = 2^31 - 1 and is exact there; at 2^31 the fallback runs. The
+    fallback here returns zeros, so which branch ran is visible."""
+    x = np.full((1, 5, 5, 4), 2**64 - 1, np.uint64)
+    kern = _edge_kernel(l1)
+    conv = lambda a, b: lax.conv_general_dilated(a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                                 precision=lax.Precision.HIGHEST)
+    zeros = lambda a, b: jnp.zeros((1, 5, 5, 3), jnp.uint64)
+    got = ring._signed_rhs_product(conv, jnp.asarray(x), jnp.asarray(kern), (0, 1, 2), lhs_batch=0, out_batch=0,
+                                   fallback=zeros)
+    want = _conv_ref(x, kern, (1, 1), "SAME", (1, 1), 1)
+    if l1 < 2**31:
+        np.testing.assert_array_equal(np.asarray(got), want)
+    else:
+        assert not np.asarray(got).any()
+    full = ring.ring_conv(x, kern, window_strides=(1, 1), padding="SAME", method="signed_rhs")
+    np.testing.assert_array_equal(np.asarray(full), want)
+
+
+def test_ring_dot_signed_rhs_equals_native_with_extreme_entries():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2**64, (5, 37), dtype=np.uint64)
+    a[0] = 2**64 - 1
+    dn = (((1,), (0,)), ((), ()))
+    for b in (rng.integers(-(2**20), 2**20, (37, 6)).astype(np.int64).view(np.uint64),
+              np.full((37, 6), 2**63, np.uint64),  # -2^63: the fallback
+              rng.integers(0, 2**64, (37, 6), dtype=np.uint64)):
+        want = ring.ring_dot_general(jnp.asarray(a), jnp.asarray(b), dn, method="native")
+        got = ring.ring_dot_general(jnp.asarray(a), jnp.asarray(b), dn, method="signed_rhs")
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_with_default_method_only_fills_an_unset_method():
+    import functools
+
+    op = functools.partial(ring.ring_conv, window_strides=(1, 1), padding="SAME")
+    assert ring.with_default_method(op, "signed_rhs").keywords["method"] == "signed_rhs"
+    pinned = functools.partial(op, method="limbs")
+    assert ring.with_default_method(pinned, "signed_rhs") is pinned
+    other = lambda a, b: a * b
+    assert ring.with_default_method(other, "signed_rhs") is other
+    with pytest.raises(ValueError, match="unknown method"):
+        ring.ring_conv(jnp.zeros((1, 3, 3, 1), jnp.uint64), jnp.zeros((1, 1, 1, 1), jnp.uint64),
+                       window_strides=(1, 1), padding="SAME", method="fast")
+
+
 def test_limb_contraction_limit():
     with pytest.raises(ValueError, match="too large"):
         ring.ring_dot_general(jnp.zeros((1, 2**20), jnp.uint64), jnp.zeros((2**20, 1), jnp.uint64),

@@ -17,13 +17,22 @@ native ``uint64`` XLA ops, and a split of each operand into four 16-bit limbs wh
 computed exactly in float64 (each limb product is < 2^32, so sums of up to 2^19 of them per limb
 pair group are exact in the 53-bit mantissa) and recombined with wrapping ``uint64`` shifts. On
 XLA-CPU the ``uint64`` dot has no BLAS kernel (a 1024^3 matmul takes ~4 s against ~0.2 s with
-limbs), while ``uint64`` convolutions with small contractions are fast; ``method="auto"`` picks by
-backend, op and contraction size (see ``benchmarks/protocol_ops.py`` and BENCHMARKS.md).
+limbs), while ``uint64`` convolutions with small contractions and few output channels are fast;
+``method="auto"`` picks by backend, op and shape (see ``benchmarks/protocol_ops.py`` and
+BENCHMARKS.md).
+
+A third method, ``"signed_rhs"``, is for a right operand that is a *small signed* integer -- the
+server's fixed-point weights, which it holds in the clear: the left operand is split into three
+limbs of 22 bits and each limb is multiplied by ``signed(rhs)`` in float64, exact while every
+output's ``sum |rhs|`` over the contraction is below 2^31 (``2^22 * 2^31 < 2^53``); three float
+products instead of ten. The bound is checked in the program; when it fails, ``lax.cond`` runs the
+general exact product instead, so the result is exact for every ``rhs``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -49,6 +58,7 @@ __all__ = [
     "ring_dot_general",
     "ring_matmul",
     "ring_conv",
+    "with_default_method",
     "ENCODE_LIMIT",
     "lemire",
     "scheduled_after",
@@ -451,7 +461,12 @@ def _limb_product(bilinear, a, b, contraction: int):
     return out
 
 
-def _default_method(kind: str, contraction: int) -> str:
+_SMALL_LIMB_BITS = 22  # "signed_rhs": three limbs of the left operand (22 + 22 + 20 bits)
+_SMALL_NUM_LIMBS = 3
+_SMALL_RHS_L1 = 2**31  # exact while sum |rhs| per output < 2^31: (2^22 - 1) * 2^31 < 2^53
+
+
+def _default_method(kind: str, contraction: int, out_per_group: int = 0) -> str:
     backend = jax.default_backend()
     if contraction * _NUM_LIMBS * (2**_LIMB_BITS - 1) ** 2 >= _F64_EXACT:
         return "native"
@@ -459,23 +474,74 @@ def _default_method(kind: str, contraction: int) -> str:
         return "limbs"  # integer conv/dot are not guaranteed (or fast) on accelerators
     if kind == "dot":
         return "native" if contraction <= 8 else "limbs"
-    # XLA-CPU uint64 conv is competitive for small contractions (measured in benchmarks/protocol_ops.py)
-    return "native" if contraction <= 1024 else "limbs"
+    # XLA-CPU uint64 conv is competitive only for small contractions with few output channels per
+    # group; limbs win 2-12x elsewhere (ResNet18/50 and MobileNetV2 shapes, benchmarks/protocol_ops.py)
+    small = contraction <= 32 or (out_per_group <= 64 and contraction <= 576) or (
+        contraction <= 64 and out_per_group <= 128)
+    return "native" if small else "limbs"
+
+
+def with_default_method(op, method: str):
+    """``op`` computing with ``method`` if it is a ``functools.partial`` of :func:`ring_conv` or
+    :func:`ring_dot_general` that leaves the method to ``"auto"``; any other ``op`` unchanged."""
+    if (isinstance(op, functools.partial) and op.func in (ring_conv, ring_dot_general)
+            and op.keywords.get("method", "auto") == "auto"):
+        return functools.partial(op, method=method)
+    return op
+
+
+def _signed_rhs_product(bilinear, a, b, rhs_contracting, *, lhs_batch=None, out_batch=None, fallback):
+    """``bilinear(a, b) mod 2^64`` via 22-bit limbs of ``a`` times ``signed(b)`` in float64.
+
+    Exact when ``sum |signed(b)|`` over ``rhs_contracting`` is below 2^31 for every output;
+    otherwise ``fallback(a, b)`` (an exact general product) runs, chosen by ``lax.cond``. With
+    ``lhs_batch``/``out_batch`` (convolutions) the limbs are stacked along the batch axis, one
+    product for all three.
+    """
+    # Tied like _limb_product: the float copy of b (the weights, available early) is made only
+    # when a exists, so the copies of every layer's weights are not all alive at once.
+    a, b = scheduled_after(a, b), scheduled_after(b, a)
+    bs = to_signed(b).astype(jnp.float64)
+    l1 = jnp.sum(jnp.abs(bs), axis=tuple(rhs_contracting))
+    ok = jnp.max(l1, initial=0.0) < float(_SMALL_RHS_L1)
+
+    def fast(a, b):
+        del b
+        mask = U64(2**_SMALL_LIMB_BITS - 1)
+        limbs = [((a >> U64(_SMALL_LIMB_BITS * i)) & mask).astype(jnp.float64) for i in range(_SMALL_NUM_LIMBS)]
+        if lhs_batch is None:
+            parts = [bilinear(limb, bs) for limb in limbs]
+        else:
+            n = a.shape[lhs_batch]
+            stacked = bilinear(jnp.concatenate(limbs, axis=lhs_batch), bs)
+            parts = [lax.slice_in_dim(stacked, i * n, (i + 1) * n, axis=out_batch) for i in range(_SMALL_NUM_LIMBS)]
+        out = None
+        for i, p in enumerate(parts):
+            term = from_signed(p.astype(jnp.int64)) << U64(_SMALL_LIMB_BITS * i)
+            out = term if out is None else out + term
+        return out
+
+    return lax.cond(ok, fast, fallback, a, b)
 
 
 def ring_dot_general(a, b, dimension_numbers, *, method: str = "auto"):
     """Exact ``lax.dot_general`` over Z_2^64 (``uint64`` in, ``uint64`` out)."""
     a = jnp.asarray(a, U64)
     b = jnp.asarray(b, U64)
-    (contract_a, _), _ = dimension_numbers
+    (contract_a, contract_b), _ = dimension_numbers
     contraction = int(math.prod(a.shape[d] for d in contract_a))
     if method == "auto":
         method = _default_method("dot", contraction)
     if method == "native":
         return lax.dot_general(a, b, dimension_numbers, preferred_element_type=U64)
-    if method != "limbs":
-        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native' or 'limbs'")
     f = lambda x, y: lax.dot_general(x, y, dimension_numbers, precision=lax.Precision.HIGHEST)
+    if method == "signed_rhs":
+        # The fallback runs only for weights beyond the bound.
+        fallback = functools.partial(ring_dot_general, dimension_numbers=dimension_numbers,
+                                     method=_default_method("dot", contraction))
+        return _signed_rhs_product(f, a, b, contract_b, fallback=fallback)
+    if method != "limbs":
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native', 'limbs' or 'signed_rhs'")
     return _limb_product(f, a, b, contraction)
 
 
@@ -509,8 +575,9 @@ def ring_conv(
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     rhs_spec = dn.rhs_spec  # (out feature, in feature, spatial...)
     contraction = int(rhs.shape[rhs_spec[1]] * math.prod(rhs.shape[d] for d in rhs_spec[2:]))
+    out_per_group = int(rhs.shape[rhs_spec[0]]) // int(feature_group_count)
     if method == "auto":
-        method = _default_method("conv", contraction)
+        method = _default_method("conv", contraction, out_per_group)
 
     def conv(x, y, **extra):
         return lax.conv_general_dilated(
@@ -527,6 +594,16 @@ def ring_conv(
 
     if method == "native":
         return conv(lhs, rhs, preferred_element_type=U64)
+    fconv = lambda x, y: conv(x, y, precision=lax.Precision.HIGHEST)
+    if method == "signed_rhs":
+        # The fallback runs only for weights beyond the bound; native compiles fastest on CPU.
+        general = "native" if jax.default_backend() == "cpu" else _default_method("conv", contraction, out_per_group)
+        fallback = functools.partial(ring_conv, window_strides=window_strides, padding=padding,
+                                     lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                                     dimension_numbers=dimension_numbers,
+                                     feature_group_count=feature_group_count, method=general)
+        return _signed_rhs_product(fconv, lhs, rhs, rhs_spec[1:], lhs_batch=dn.lhs_spec[0],
+                                   out_batch=dn.out_spec[0], fallback=fallback)
     if method != "limbs":
-        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native' or 'limbs'")
-    return _limb_product(lambda x, y: conv(x, y, precision=lax.Precision.HIGHEST), lhs, rhs, contraction)
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'native', 'limbs' or 'signed_rhs'")
+    return _limb_product(fconv, lhs, rhs, contraction)

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER
-from jaxmpc.core.ring import arith_shift_right, from_signed, to_signed
+from jaxmpc.core.ring import arith_shift_right, from_signed, to_signed, with_default_method
 from jaxmpc.core.runtime import Held
 from jaxmpc.core.sharing import Shared, local_map, share
 
@@ -238,5 +238,8 @@ def bilinear_av(x: Shared, w: Held, op, *, scale: int, name: str = "linear") -> 
         e = rt.local(CLIENT, ring.sub, x.c, a)
         e = rt.send(CLIENT, SERVER, e, ring)
         y_c = rt.local(CLIENT, lambda a, f, cc: op(a, f) + cc, a, f, c_c)
-        y_s = rt.local(SERVER, lambda e, xs, w, cs: op(e + xs, w) + cs, e, x.s, w, c_s)
+        # The server multiplies by its own weights in the clear: small signed integers, so the
+        # cheaper exact "signed_rhs" product applies (exact for any w; see jaxmpc.core.ring).
+        server_op = with_default_method(op, "signed_rhs")
+        y_s = rt.local(SERVER, lambda e, xs, w, cs: server_op(e + xs, w) + cs, e, x.s, w, c_s)
     return Shared(y_c, y_s, ring, x.scale + scale, rt)
