@@ -71,7 +71,7 @@ def bench_products(quick: bool):
                                                             dimension_numbers=("NHWC", "HWIO", "NHWC")))
         tn, tl = timeit(nat, x, k)[0], timeit(lim, x, k)[0]
         tf = timeit(f32, x.astype(jnp.float32), k.astype(jnp.float32))[0]
-        auto = jaxmpc.core.ring._default_method("conv", 9 * ci)
+        auto = jaxmpc.core.ring._default_method("conv", 9 * ci, co)
         print(f"| conv3x3 | {nb}x{h}x{w}x{ci}->{co} | {tn:.3f} | {tl:.3f} | {tn / tl:.1f}x | {tf:.4f} | {auto} |")
 
 
