@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from jaxmpc.core.parties import C_CP, C_S, CLIENT, CP, S_CP, SERVER, owners
@@ -186,15 +187,17 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
                 q = jnp.where(beta, (r + U64(1)) & mask, r)  # compare against t = r + 1 when beta = 1
                 qb = _bits_zp(q, m)
                 qbool = qb.astype(bool)
-                # w_k = x_k XOR q_k = x_k (1 - 2 q_k) + j q_k
-                xs = jnp.where(qbool, (p - xb) % p, xb)
-                w = (xs + (qb if party_j else jnp.zeros_like(qb))) % p
-                # suffix sums over more significant bits: sum_{k > i} w_k
-                rev = jnp.cumsum(w[..., ::-1], axis=-1, dtype=U16)[..., ::-1]
-                above = (rev - w) % p
-                # (1 - 2 beta)(j q_i - x_i) + j
-                term = ((qb if party_j else jnp.zeros_like(qb)) + (p - xb)) % p
-                term = jnp.where(beta[..., None], (p - term) % p, term)
+                # Lazy reduction mod p: every value below stays in uint16 and >= 0, and is reduced
+                # once (c) before the product with s (m <= 64: sums < 64 (p + 1) + 2p + 1 < 2^16).
+                # w_k = x_k XOR q_k = x_k (1 - 2 q_k) + j q_k, in [0, p + 1]
+                qj = qb if party_j else jnp.zeros_like(qb)
+                w = jnp.where(qbool, p - xb, xb) + qj
+                # sum_{k > i} w_k (suffix sums over more significant bits; lax.cumsum in reverse,
+                # not flip-cumsum-flip: 14-20% faster DReLU on XLA:CPU)
+                above = lax.cumsum(w, axis=w.ndim - 1, reverse=True) - w
+                # (1 - 2 beta)(j q_i - x_i) + j; term in [1, p + 1], 2p - term = -term mod p
+                term = qj + (p - xb)
+                term = jnp.where(beta[..., None], np.uint16(2 * zp.p) - term, term)
                 c = (term + (np.uint16(1) if party_j else np.uint16(0)) + above) % p
                 # forced vectors: exactly one zero (force_zero) or none (force_none)
                 gt = gt[0].astype(bool) if gt else jnp.zeros(shape, bool)
