@@ -476,11 +476,13 @@ def _default_method(kind: str, contraction: int, out_per_group: int = 0) -> str:
         return "limbs"  # integer conv/dot are not guaranteed (or fast) on accelerators
     if kind == "dot":
         return "native" if contraction <= 8 else "limbs"
-    # XLA-CPU uint64 conv is competitive for contractions up to about 1024 inside a whole secure
-    # network (ResNet18: 7.0 s against 7.9 s with a rule that sent 3x3x64 convs to limbs, although
-    # limbs win 2x on those convs alone: benchmarks/ring_products.py, BENCHMARKS.md 2026-12-08)
-    del out_per_group
-    return "native" if contraction <= 1024 else "limbs"
+    # XLA-CPU uint64 conv is competitive only for small contractions with few output channels per
+    # group; limbs win 2-12x elsewhere (ResNet18/50 and MobileNetV2 shapes, benchmarks/protocol_ops.py).
+    # "native for K <= 1024" (the earlier rule) made the secure ResNet18 5-10% faster but ResNet50-224
+    # 45% slower (14.2 -> 20.6 s at the 6% spec; its fixed-point reference 3.95 -> 8.23 s): 2026-12-08.
+    small = contraction <= 32 or (out_per_group <= 64 and contraction <= 576) or (
+        contraction <= 64 and out_per_group <= 128)
+    return "native" if small else "limbs"
 
 
 def with_default_method(op, method: str):
