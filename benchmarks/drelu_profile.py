@@ -21,6 +21,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -74,6 +75,14 @@ def main():
     ap.add_argument("--bits", type=int, default=64, help="compared bits (64 = exact; else lsb_drop_bits=4)")
     ap.add_argument("--top", type=int, default=15, help="rows to print")
     args = ap.parse_args()
+    if args.n < 1:
+        ap.error("--n must be >= 1")
+    if not 2 <= args.bits <= 64 or (args.bits < 64 and args.bits + 4 > 64):
+        ap.error("--bits must lie in [2, 60] or be 64")
+    _profile(args)
+
+
+def _profile(args):
     cfg = jaxmpc.ProtocolConfig() if args.bits == 64 else jaxmpc.ProtocolConfig(compare_bits=args.bits, lsb_drop_bits=4)
     x = np.random.default_rng(2).normal(size=args.n) * 4
 
@@ -90,6 +99,13 @@ def main():
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     run()
     jax.profiler.stop_trace()
+    try:
+        _report(args, times, trace_dir)
+    finally:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+
+
+def _report(args, times, trace_dir):
 
     events = json.load(gzip.open(sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))[-1]))["traceEvents"]
     hlo_files = glob.glob(f"{_DUMP}/*simulate_core*after_optimizations.txt")
@@ -120,4 +136,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(_DUMP, ignore_errors=True)

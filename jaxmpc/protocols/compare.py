@@ -193,7 +193,7 @@ def private_compare(rt: Runtime, xb_c: Held, xb_s: Held, r: Held, beta: Held, m:
                 qj = qb if party_j else jnp.zeros_like(qb)
                 w = jnp.where(qbool, p - xb, xb) + qj
                 # sum_{k > i} w_k (suffix sums over more significant bits; lax.cumsum in reverse,
-                # not flip-cumsum-flip: 14-20% faster DReLU on XLA:CPU)
+                # not flip-cumsum-flip: half the suffix-sum time on XLA:CPU, BENCHMARKS.md 2026-12-08)
                 above = lax.cumsum(w, axis=w.ndim - 1, reverse=True) - w
                 # (1 - 2 beta)(j q_i - x_i) + j; term in [1, p + 1], 2p - term = -term mod p
                 term = qj + (p - xb)
